@@ -1,0 +1,352 @@
+"""The ancestry index: every image's ancestors, parent and base image, kept up to date.
+
+Rule 1 of the contract makes A an ancestor of B when A's layer list is a proper prefix of
+B's. So the index is a trie over layer digests: one node per distinct layer prefix, each
+image hung on the node of its full layer list. An image's ancestors are then exactly the
+images on the nodes above its own, and its descendants the images below. Building costs one
+dict step per layer; a status walks at most ``len(layers)`` parent pointers. Nothing ever
+compares pairs of images.
+
+Every mutating call returns the keys of the images whose :meth:`AncestryIndex.status`
+changed, and only those, so the operator patches exactly what moved. A newly added image is
+in its own changed set (it had no status before); a removed one is not (it has none after).
+
+Status dicts follow the contract's status shape. A reference (``parent``, ``baseImage``, an
+``ancestors`` entry) leaves out ``image`` and ``digest`` when that image has none, as
+Kubernetes' ``omitempty`` would: the CRD schema can then keep both typed as strings, and
+``kubectl`` columns show ``<none>`` rather than ``null``.
+
+Pure Python on purpose: no Kubernetes, no I/O, no pydantic, so the operator, the webhook
+and the offline CLI share it, and tests need no cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, KeysView
+from dataclasses import dataclass
+from typing import Any
+
+ImageKey = tuple[str, str]
+"""(namespace, name): ContainerImages are namespaced, ancestry crosses namespaces."""
+
+MAX_LISTED_ANCESTORS = 100
+"""``status.ancestors`` lists at most this many (``ancestorCount`` counts them all)."""
+
+MARKED_BASE_IMAGE = "MarkedBaseImage"
+CLOSEST_ANCESTOR = "ClosestAncestor"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """What the engine knows of one image. ``marked`` is the parsed annotation (rule 5)."""
+
+    namespace: str
+    name: str
+    layers: tuple[str, ...]
+    image: str | None = None
+    digest: str | None = None
+    marked: bool = False
+
+    @property
+    def key(self) -> ImageKey:
+        return (self.namespace, self.name)
+
+
+class _Node:
+    """One distinct layer prefix. ``images`` holds the images whose layers end exactly here
+    (several: identical layer lists, e.g. retags), kept sorted by key because that is the
+    tie order of rule 2; ``marked`` counts the marked ones so walks can skip the lookup."""
+
+    __slots__ = ("children", "depth", "images", "layer", "marked", "parent")
+
+    def __init__(self, parent: _Node | None, layer: str, depth: int) -> None:
+        self.parent = parent
+        self.layer = layer
+        self.depth = depth
+        self.children: dict[str, _Node] = {}
+        self.images: list[ImageRecord] = []
+        self.marked = 0
+
+
+def _reference(record: ImageRecord) -> dict[str, Any]:
+    ref: dict[str, Any] = {"namespace": record.namespace, "name": record.name}
+    if record.image is not None:
+        ref["image"] = record.image
+    if record.digest is not None:
+        ref["digest"] = record.digest
+    return ref
+
+
+class AncestryIndex:
+    """All known images, indexed by layer prefix. Not thread-safe: one writer at a time."""
+
+    def __init__(self, user_base_image_enabled: bool = True) -> None:
+        self._root = _Node(None, "", 0)
+        self._records: dict[ImageKey, ImageRecord] = {}
+        self._nodes: dict[ImageKey, _Node] = {}
+        self._enabled = user_base_image_enabled
+
+    @classmethod
+    def build(
+        cls, records: Iterable[ImageRecord], user_base_image_enabled: bool = True
+    ) -> AncestryIndex:
+        """A fresh index of ``records`` without computing changed sets (a bulk load).
+
+        Raises :class:`ValueError` on two records with the same key: a bulk load that
+        silently kept one of them would hide a caller's bug.
+        """
+        index = cls(user_base_image_enabled)
+        for record in records:
+            if record.key in index._records:
+                raise ValueError(f"duplicate image {record.namespace}/{record.name}")
+            index._attach(record)
+        return index
+
+    # --- reading -------------------------------------------------------------------------
+
+    @property
+    def user_base_image_enabled(self) -> bool:
+        return self._enabled
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    def keys(self) -> KeysView[ImageKey]:
+        """A live view of every image's key, in no particular order."""
+        return self._records.keys()
+
+    def get(self, key: ImageKey) -> ImageRecord | None:
+        return self._records.get(key)
+
+    def status(self, key: ImageKey) -> dict[str, Any]:
+        """The contract's status of one image (without conditions and observedGeneration).
+
+        Raises :class:`KeyError` for an unknown image.
+        """
+        node = self._nodes[key]
+        ancestors: list[dict[str, Any]] = []
+        count = 0
+        parent: ImageRecord | None = None
+        base: ImageRecord | None = None
+        look_for_mark = self._enabled
+        above = node.parent
+        while above is not None:
+            if above.images:
+                if parent is None:
+                    parent = above.images[0]
+                for record in above.images:
+                    if count < MAX_LISTED_ANCESTORS:
+                        entry = _reference(record)
+                        entry["layerCount"] = above.depth
+                        ancestors.append(entry)
+                    count += 1
+                if look_for_mark and above.marked:
+                    base = next(record for record in above.images if record.marked)
+                    look_for_mark = False
+            above = above.parent
+        base_ref: dict[str, Any] | None = None
+        if base is not None:
+            base_ref = _reference(base)
+            base_ref["reason"] = MARKED_BASE_IMAGE
+        elif parent is not None:
+            base_ref = _reference(parent)
+            base_ref["reason"] = CLOSEST_ANCESTOR
+        return {
+            "layerCount": node.depth,
+            "ancestorCount": count,
+            "ancestors": ancestors,
+            "parent": None if parent is None else _reference(parent),
+            "baseImage": base_ref,
+        }
+
+    def statuses(self) -> Iterator[tuple[ImageKey, dict[str, Any]]]:
+        """Every image's status, in no particular order."""
+        for key in self._records:
+            yield key, self.status(key)
+
+    def children(self, key: ImageKey) -> list[ImageKey]:
+        """The images whose parent ``key`` is, sorted by key.
+
+        Of several images with identical layers only the first by key is a parent (rule 2
+        breaks the tie), so the others have no children.
+        """
+        node = self._nodes[key]
+        if node.images[0].key != key:
+            return []
+        return sorted(record.key for record in self._nearest_images_below(node))
+
+    def roots(self) -> list[ImageKey]:
+        """The images without ancestors, sorted by key."""
+        return sorted(record.key for record in self._nearest_images_below(self._root))
+
+    # --- writing -------------------------------------------------------------------------
+
+    def upsert(self, record: ImageRecord) -> set[ImageKey]:
+        """Add ``record``, or replace the image with its key. Returns the changed statuses."""
+        key = record.key
+        old = self._records.get(key)
+        if old is None:
+            node = self._attach(record)
+            changed = self._keys_below(node)
+            changed.add(key)
+            return changed
+        if old == record:
+            return set()
+        if old.layers != record.layers:
+            return self._move(old, record)
+        return self._restate(old, record)
+
+    def remove(self, key: ImageKey) -> set[ImageKey]:
+        """Forget an image; every image below it lost an ancestor. Unknown keys: no change."""
+        record = self._records.get(key)
+        if record is None:
+            return set()
+        node = self._detach(record)
+        changed = self._keys_below(node)
+        self._prune(node)
+        return changed
+
+    def set_user_base_image_enabled(self, enabled: bool) -> set[ImageKey]:
+        """Rule 6. The images that change are exactly those with a marked ancestor: with the
+        flag on their base is a marked image (reason MarkedBaseImage), with it off the
+        parent (ClosestAncestor), so even a marked parent changes by its reason."""
+        if enabled == self._enabled:
+            return set()
+        self._enabled = enabled
+        changed: set[ImageKey] = set()
+        stack = [(self._root, False)]
+        while stack:
+            node, has_marked_ancestor = stack.pop()
+            if has_marked_ancestor:
+                changed.update(record.key for record in node.images)
+            below = has_marked_ancestor or node.marked > 0
+            stack.extend((child, below) for child in node.children.values())
+        return changed
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _attach(self, record: ImageRecord) -> _Node:
+        node = self._root
+        for depth, layer in enumerate(record.layers, start=1):
+            child = node.children.get(layer)
+            if child is None:
+                child = node.children[layer] = _Node(node, layer, depth)
+            node = child
+        images = node.images
+        images.append(record)
+        if len(images) > 1:
+            images.sort(key=_record_key)
+        if record.marked:
+            node.marked += 1
+        self._records[record.key] = record
+        self._nodes[record.key] = node
+        return node
+
+    def _detach(self, record: ImageRecord) -> _Node:
+        """Take ``record`` off its node (leaving empty nodes for :meth:`_prune`)."""
+        key = record.key
+        node = self._nodes.pop(key)
+        del self._records[key]
+        node.images = [other for other in node.images if other.key != key]
+        if record.marked:
+            node.marked -= 1
+        return node
+
+    @staticmethod
+    def _prune(node: _Node | None) -> None:
+        """Drop nodes that no longer lead to any image, from ``node`` upwards."""
+        while (
+            node is not None and node.parent is not None and not node.images and not node.children
+        ):
+            del node.parent.children[node.layer]
+            node = node.parent
+
+    @staticmethod
+    def _keys_below(node: _Node) -> set[ImageKey]:
+        """Keys of the images strictly below ``node``: those that have it above them."""
+        keys: set[ImageKey] = set()
+        stack = list(node.children.values())
+        while stack:
+            current = stack.pop()
+            keys.update(record.key for record in current.images)
+            stack.extend(current.children.values())
+        return keys
+
+    @staticmethod
+    def _nearest_images_below(node: _Node) -> Iterator[ImageRecord]:
+        """Images on the first image-holding node of each path down from ``node``."""
+        stack = list(node.children.values())
+        while stack:
+            current = stack.pop()
+            if current.images:
+                yield from current.images
+            else:
+                stack.extend(current.children.values())
+
+    def _move(self, old: ImageRecord, new: ImageRecord) -> set[ImageKey]:
+        """An image's layers changed: it leaves one place in the trie for another.
+
+        Images below only one of the two places gained or lost an ancestor, so their
+        ``ancestorCount`` moved: changed for certain. Images below both (the two places lie
+        on one path) keep the image as an ancestor at another depth; for them, and for the
+        image itself, compare statuses before and after.
+        """
+        old_node = self._nodes[old.key]
+        lost = self._keys_below(old_node)
+        before = {key: self.status(key) for key in lost}
+        before[old.key] = self.status(old.key)
+        self._detach(old)
+        new_node = self._attach(new)
+        self._prune(old_node)
+        gained = self._keys_below(new_node)
+        changed = lost ^ gained
+        for key in (lost & gained) | {new.key}:
+            if self.status(key) != before[key]:
+                changed.add(key)
+        return changed
+
+    def _restate(self, old: ImageRecord, new: ImageRecord) -> set[ImageKey]:
+        """Same layers, other image, digest or mark: find the descendants that see it.
+
+        A descendant sees the image's reference when the image is listed among its first
+        :data:`MAX_LISTED_ANCESTORS` ancestors, or is its base image. Its mark matters to a
+        descendant when no marked image comes before it in that descendant's order. Both
+        are decided walking down with a running count of the ancestors in between, pruning
+        where neither can hold any more, so no status is computed.
+        """
+        node = self._nodes[old.key]
+        self._detach(old)
+        self._attach(new)
+        reference_changed = old.image != new.image or old.digest != new.digest
+        mark_changed = self._enabled and old.marked != new.marked
+        # Where the image stands among equals, and whether an equal marked one precedes it.
+        rank = 0
+        blocked = not self._enabled
+        for record in node.images:
+            if record.key == new.key:
+                break
+            rank += 1
+            blocked = blocked or record.marked
+        # Marks matter below only while no closer mark hides this one.
+        mark_matters = mark_changed or (reference_changed and new.marked and self._enabled)
+
+        changed: set[ImageKey] = set()
+        stack = [(child, rank, blocked) for child in node.children.values()]
+        while stack:
+            current, position, hidden = stack.pop()
+            listed = reference_changed and position < MAX_LISTED_ANCESTORS
+            if current.images and (listed or (mark_matters and not hidden)):
+                changed.update(record.key for record in current.images)
+            position += len(current.images)
+            hidden = hidden or current.marked > 0
+            still_listed = reference_changed and position < MAX_LISTED_ANCESTORS
+            if still_listed or (mark_matters and not hidden):
+                stack.extend((child, position, hidden) for child in current.children.values())
+        return changed
+
+
+def _record_key(record: ImageRecord) -> ImageKey:
+    return (record.namespace, record.name)
