@@ -22,7 +22,9 @@ EXIT_USAGE = 2
 
 # Subcommand name -> module that registers it.
 SUBCOMMANDS: dict[str, str] = {
+    "import": "image_ancestry.importer.commands",
     "cluster": "image_ancestry.controlplane.commands",
+    "offline": "image_ancestry.offline",
 }
 
 
