@@ -125,6 +125,9 @@ class AncestryIndex:
     def __contains__(self, key: object) -> bool:
         return key in self._records
 
+    def __iter__(self) -> Iterator[ImageKey]:
+        return iter(self._records)
+
     def keys(self) -> KeysView[ImageKey]:
         """A live view of every image's key, in no particular order."""
         return self._records.keys()
