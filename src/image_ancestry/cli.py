@@ -24,6 +24,7 @@ EXIT_USAGE = 2
 SUBCOMMANDS: dict[str, str] = {
     "import": "image_ancestry.importer.commands",
     "cluster": "image_ancestry.controlplane.commands",
+    "run": "image_ancestry.operator.commands",
     "offline": "image_ancestry.offline",
 }
 

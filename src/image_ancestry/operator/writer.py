@@ -1,0 +1,157 @@
+"""The status writer: coalesced, bounded, and silent when nothing changed.
+
+Keys are *marked* (from event handlers, flag changes, listings, leadership); a marked key
+waits ``debounce`` seconds before it is looked at, so a burst (a manifest directory applied,
+a flag flip, a relist) collapses into one look per image, whatever the number of marks. Then
+one of ``concurrency`` workers asks the controller for the job: the status computed *now*
+from the index, compared with the stored one; equal means no request at all. A key marked
+again while its write is in flight is looked at once more after it.
+
+Writes only happen while the gate is open (the index is synced and this replica leads) and
+``can_write()`` holds at the moment of the request (a leader whose Lease lapsed stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from image_ancestry.engine import ImageKey
+from image_ancestry.operator.kube import ApiError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One status patch to send, decided by the controller from its current state."""
+
+    key: ImageKey
+    patch: dict[str, Any]
+    desired: dict[str, Any]
+    stored: dict[str, Any]
+
+
+@dataclass
+class WriterStats:
+    looked: int = 0
+    written: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    gone: int = 0
+    last_write: float = field(default=0.0)
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        *,
+        compute: Callable[[ImageKey], Job | None],
+        send: Callable[[Job], Awaitable[None]],
+        can_write: Callable[[], bool],
+        concurrency: int = 16,
+        debounce: float = 0.1,
+        retry_after: float = 5.0,
+    ) -> None:
+        self._compute = compute
+        self._send = send
+        self._can_write = can_write
+        self.concurrency = concurrency
+        self.debounce = debounce
+        self.retry_after = retry_after
+        self._queue: deque[tuple[float, ImageKey]] = deque()
+        self._queued: set[ImageKey] = set()
+        self._inflight: set[ImageKey] = set()
+        self._again: set[ImageKey] = set()
+        self._wakeup = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.stats = WriterStats()
+
+    def mark(self, keys: Iterable[ImageKey]) -> None:
+        """Look at these keys again soon. Cheap, synchronous, idempotent."""
+        now = time.monotonic()
+        added = False
+        for key in keys:
+            if key in self._inflight:
+                self._again.add(key)
+            elif key not in self._queued:
+                self._queued.add(key)
+                self._queue.append((now, key))
+                added = True
+        if added:
+            self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queued) + len(self._inflight) + len(self._again)
+
+    async def run(self) -> None:
+        workers = [
+            asyncio.create_task(self._worker(), name=f"status-writer-{i}")
+            for i in range(self.concurrency)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _next(self) -> ImageKey:
+        while True:
+            await self.gate.wait()
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            marked_at, key = self._queue[0]
+            delay = marked_at + self.debounce - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            self._queue.popleft()
+            self._queued.discard(key)
+            return key
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._next()
+            self._inflight.add(key)
+            try:
+                await self._look(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one image's failure must not stop the writer
+                self.stats.failed += 1
+                logger.exception("writing the status of %s/%s failed; retrying later", *key)
+                asyncio.get_running_loop().call_later(self.retry_after, self.mark, [key])
+            finally:
+                self._inflight.discard(key)
+                if key in self._again:
+                    self._again.discard(key)
+                    self.mark([key])
+
+    async def _look(self, key: ImageKey) -> None:
+        if not self._can_write():
+            self.mark([key])  # back in the queue until the lease is renewed (or lost for good)
+            await asyncio.sleep(0.5)
+            return
+        self.stats.looked += 1
+        job = self._compute(key)
+        if job is None:
+            self.stats.unchanged += 1
+            return
+        try:
+            await self._send(job)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.stats.gone += 1  # deleted meanwhile: its DELETED event follows
+                return
+            raise
+        self.stats.written += 1
+        self.stats.last_write = time.monotonic()
