@@ -62,7 +62,12 @@ class _Archive:
         try:
             members = tar.getmembers()
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise ImportFailure(label, INVALID, f"broken tar archive: {exc}") from None
+            raise ImportFailure(
+                label,
+                INVALID,
+                f"broken tar archive (truncated, or a member declares more bytes than the file "
+                f"holds): {exc}",
+            ) from None
         for member in members:
             name = _normal(member.name)
             if _unsafe(name):
