@@ -8,6 +8,7 @@ operator feeds them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -128,24 +129,11 @@ def apply(
     if old is None:
         return set()
     if operation == "annotate":
-        new = _replace(old, marked=parse_mark(step[2]) is MarkState.MARKED)
+        new = replace(old, marked=parse_mark(step[2]) is MarkState.MARKED)
     else:
-        new = _replace(old, image=step[2])
+        new = replace(old, image=step[2])
     current[new.key] = new
     return index.upsert(new)
-
-
-def _replace(record: ImageRecord, **changes: Any) -> ImageRecord:
-    fields = {
-        "namespace": record.namespace,
-        "name": record.name,
-        "layers": record.layers,
-        "image": record.image,
-        "digest": record.digest,
-        "marked": record.marked,
-    }
-    fields.update(changes)
-    return ImageRecord(**fields)
 
 
 def chain(count: int, namespace: str = "ns") -> list[ImageRecord]:
@@ -171,15 +159,15 @@ def test_changes_past_the_listed_cap() -> None:
     index = AncestryIndex.build(images)
     far = images[0]
     # The 101st ancestor (and beyond) of the top images does not list images[0].
-    changed = index.upsert(_replace(far, image="r.example/new:1"))
+    changed = index.upsert(replace(far, image="r.example/new:1"))
     unlisted = {r.key for r in images[MAX_LISTED_ANCESTORS + 1 :]}
     assert changed == {r.key for r in images[1:]} - unlisted
     # Marked, it is the base of every image above it, listed or not.
-    assert index.upsert(_replace(far, image="r.example/new:1", marked=True)) == {
+    assert index.upsert(replace(far, image="r.example/new:1", marked=True)) == {
         r.key for r in images[1:]
     }
     # A second reference change now reaches all of them through baseImage.
-    assert index.upsert(_replace(far, image="r.example/new:2", marked=True)) == {
+    assert index.upsert(replace(far, image="r.example/new:2", marked=True)) == {
         r.key for r in images[1:]
     }
 
@@ -233,9 +221,9 @@ def test_a_marked_twin_first_by_key_hides_the_other() -> None:
     child = ImageRecord("ns", "c", (LAYERS[0], LAYERS[1]))
     index = AncestryIndex.build([first, second, child])
     assert index.status(child.key)["baseImage"]["name"] == "a"
-    assert index.upsert(_replace(second, marked=False)) == set()
-    assert index.upsert(_replace(second, marked=True)) == set()
-    assert index.upsert(_replace(first, marked=False)) == {child.key}
+    assert index.upsert(replace(second, marked=False)) == set()
+    assert index.upsert(replace(second, marked=True)) == set()
+    assert index.upsert(replace(first, marked=False)) == {child.key}
     assert index.status(child.key)["baseImage"]["name"] == "b"
 
 
@@ -245,7 +233,7 @@ def test_moving_an_ancestor_along_the_path_past_the_cap() -> None:
     images = chain(MAX_LISTED_ANCESTORS + 5)
     index = AncestryIndex.build(images)
     bottom = images[0]
-    moved = _replace(bottom, layers=images[1].layers)  # now a twin of images[1]
+    moved = replace(bottom, layers=images[1].layers)  # now a twin of images[1]
     before = {key: index.status(key) for key in index}
     changed = index.upsert(moved)
     after = {key: index.status(key) for key in index}
