@@ -23,6 +23,8 @@ from tests.importer.registries import LocalRegistry
 
 BASE_NAME_ANNOTATION = "org.opencontainers.image.base.name"
 BASE_DIGEST_ANNOTATION = "org.opencontainers.image.base.digest"
+# What `import oci:LAYOUT` names the images of the `images` fixture's layout.
+LAYOUT_NAMES = ["shop-app-1", "shop-base-1", "shop-multi-linux-amd64", "shop-multi-linux-arm64-v8"]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import yaml
 
 from image_ancestry.cli import main
 from tests.conftest import REPO
-from tests.importer.conftest import Images, Result
+from tests.importer.conftest import LAYOUT_NAMES, Images, Result
 from tests.importer.registries import LocalRegistry
 
 Cli = Callable[..., Result]
@@ -83,12 +83,7 @@ def test_apply_server_side(cli: Cli, images: Images, cluster: object, namespace:
         kubectl("get", "containerimages", "-n", namespace, "-o", "yaml", "--show-managed-fields")
     )
     by_name = {o["metadata"]["name"]: o for o in objects["items"]}
-    assert sorted(by_name) == [
-        "shop-app-1",
-        "shop-base-1",
-        "shop-multi-linux-amd64",
-        "shop-multi-linux-arm64-v8",
-    ]
+    assert sorted(by_name) == LAYOUT_NAMES
     app = by_name["shop-app-1"]
     assert app["spec"]["layers"] == images.app.diff_ids
     assert app["metadata"]["annotations"]["imageancestry.io/declared-base-digest"] == (

@@ -22,7 +22,7 @@ from tests.importer.builders import (
     write_archive,
     write_layout,
 )
-from tests.importer.conftest import BASE_NAME_ANNOTATION, Images, Result
+from tests.importer.conftest import BASE_NAME_ANNOTATION, LAYOUT_NAMES, Images, Result
 
 Cli = Callable[..., Result]
 
@@ -58,12 +58,7 @@ def test_layout_tag(cli: Cli, images: Images) -> None:
 
 def test_layout_without_tag_imports_every_tagged_image(cli: Cli, images: Images) -> None:
     docs = by_name(cli(f"oci:{images.layout}"))
-    assert sorted(docs) == [
-        "shop-app-1",
-        "shop-base-1",
-        "shop-multi-linux-amd64",
-        "shop-multi-linux-arm64-v8",
-    ]
+    assert sorted(docs) == LAYOUT_NAMES
     app = docs["shop-app-1"]
     assert app["spec"]["layers"] == images.app.diff_ids
     # Declared bases are carried over from the manifest's OCI annotations.

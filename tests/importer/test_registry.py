@@ -107,23 +107,35 @@ def test_not_an_image(cli: Cli, registry: LocalRegistry) -> None:
     assert_failed(cli("--insecure", source), source, "not an image", "artifact")
 
 
-def test_basic_auth(
+@pytest.mark.parametrize(
+    ("registry_fixture", "anonymous_refusal"),
+    [("basic_registry", "requires credentials"), ("token_registry", "token service requires")],
+)
+def test_credentials(
     cli: Cli,
-    basic_registry: LocalRegistry,
     images: Images,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    registry_fixture: str,
+    anonymous_refusal: str,
 ) -> None:
-    source = f"docker://{basic_registry.host}/team/app:app-1"
-    assert_failed(cli("--insecure", source), source, "unauthorized", "requires credentials")
+    """htpasswd basic auth, and bearer tokens: refused anonymously, right and wrong creds."""
+    secured: LocalRegistry = request.getfixturevalue(registry_fixture)
+    source = f"docker://{secured.host}/platform/multi:multi"
+    assert_failed(cli("--insecure", source), source, "unauthorized", anonymous_refusal)
 
-    monkeypatch.setenv(
-        "REGISTRY_AUTH_FILE", str(write_auth(tmp_path / "auth.json", basic_registry.host))
-    )
-    (doc,) = cli("--insecure", source).docs()
-    assert doc["spec"]["layers"] == images.app.diff_ids
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(write_auth(tmp_path / "a.json", secured.host)))
+    tokens_before = secured.token_server.requests if secured.token_server else 0
+    docs = by_name(cli("--insecure", source))
+    assert [d["spec"]["digest"] for _, d in sorted(docs.items())] == [
+        c.digest for c in images.multi.children
+    ]
+    if secured.token_server is not None:
+        # One token for the repository, reused for the index, both manifests, both configs.
+        assert secured.token_server.requests - tokens_before == 1
 
-    wrong = write_auth(tmp_path / "wrong.json", basic_registry.host, password="nope")
+    wrong = write_auth(tmp_path / "w.json", secured.host, password="nope")
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(wrong))
     assert_failed(cli("--insecure", source), source, "unauthorized", "refused the credentials")
 
@@ -143,33 +155,6 @@ def test_docker_config_json(
     write_auth(tmp_path / ".docker" / "config.json", basic_registry.host, docker=True)
     (doc,) = cli("--insecure", f"docker://{basic_registry.host}/platform/base:base-1").docs()
     assert doc["spec"]["digest"] == images.base.digest
-
-
-def test_bearer_token_auth(
-    cli: Cli,
-    token_registry: LocalRegistry,
-    images: Images,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    source = f"docker://{token_registry.host}/platform/multi:multi"
-    assert_failed(cli("--insecure", source), source, "unauthorized", "token service requires")
-
-    monkeypatch.setenv(
-        "REGISTRY_AUTH_FILE", str(write_auth(tmp_path / "a.json", token_registry.host))
-    )
-    assert token_registry.token_server is not None
-    before = token_registry.token_server.requests
-    docs = by_name(cli("--insecure", source))
-    assert [d["spec"]["digest"] for _, d in sorted(docs.items())] == [
-        c.digest for c in images.multi.children
-    ]
-    # One token for the repository, reused for the index, both manifests and both configs.
-    assert token_registry.token_server.requests - before == 1
-
-    wrong = write_auth(tmp_path / "w.json", token_registry.host, password="nope")
-    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(wrong))
-    assert_failed(cli("--insecure", source), source, "unauthorized", "refused the credentials")
 
 
 def test_unknown_digest_is_not_found(cli: Cli, registry: LocalRegistry) -> None:
