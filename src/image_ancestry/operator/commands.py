@@ -76,6 +76,9 @@ def register(subparsers: SubParsers) -> None:
         metavar="URL",
         help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    from image_ancestry.webhook.cli import add_arguments as add_webhook_arguments
+
+    add_webhook_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -107,12 +110,14 @@ def run(args: argparse.Namespace) -> int:
         debounce=max(0.0, float(args.debounce)),
     )
     try:
-        return asyncio.run(_main(options, args.kubeconfig, args.liveness))
+        return asyncio.run(_main(options, args.kubeconfig, args.liveness, args))
     except KeyboardInterrupt:
         return 130
 
 
-async def _main(options: Any, kubeconfig: str | None, liveness: str | None) -> int:
+async def _main(
+    options: Any, kubeconfig: str | None, liveness: str | None, args: Any = None
+) -> int:
     import asyncio
 
     import kopf
@@ -136,10 +141,17 @@ async def _main(options: Any, kubeconfig: str | None, liveness: str | None) -> i
     async with KubeClient(creds, connections=options.concurrency + 8) as kube:
         controller = Controller(kube, options)
         stop = asyncio.Event()
+        registry, settings = build_registry(controller), build_settings()
+        if args is not None:
+            from image_ancestry.webhook.cli import install as install_webhook
+
+            install_webhook(
+                args, kube=kube, namespace=options.namespace, registry=registry, settings=settings
+            )
         operator = asyncio.create_task(
             kopf.operator(
-                registry=build_registry(controller),
-                settings=build_settings(),
+                registry=registry,
+                settings=settings,
                 clusterwide=True,
                 standalone=True,
                 stop_flag=stop,

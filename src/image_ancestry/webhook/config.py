@@ -37,10 +37,6 @@ ADMIN_USERS_KEY = "admin_users"
 DEFAULT_ADMIN_GROUPS: tuple[str, ...] = ("system:masters",)
 DEFAULT_ADMIN_USERS: tuple[str, ...] = ()
 
-# A watch is ended by the server after this many seconds and resumed from its
-# resourceVersion: a silent connection (kopf#585) cannot keep a stale value for long.
-WATCH_SECONDS = 60
-
 
 def split_names(value: str) -> tuple[str, ...]:
     """``" a, b,,a "`` -> ``("a", "b")``: trimmed, no empties, first occurrence kept."""
@@ -81,88 +77,38 @@ def parse_admin_config(data: Mapping[str, Any] | None, *, source: str) -> AdminC
 class AdminConfigWatcher:
     """The current :class:`AdminConfig`, kept up to date by a watch on the ConfigMap.
 
-    :attr:`current` is None until the first listing succeeded: until then the webhook denies
-    every mark change (it cannot tell who is an admin) and admits everything else.
+    The watch is the operator's own :class:`~image_ancestry.operator.config.ConfigWatcher`
+    (list, watch from the resourceVersion, relist on 410, back off on errors), run once more
+    for the webhook in every replica. :attr:`current` is None until the first listing
+    succeeded: until then the webhook denies every mark change (it cannot tell who is an
+    admin) and admits everything else.
     """
 
     def __init__(self, client: KubeClient, namespace: str, name: str = CONFIGMAP_NAME) -> None:
-        self.client = client
-        self.namespace = namespace
-        self.name = name
+        from image_ancestry.operator.config import ConfigWatcher
+
         self.source = f"ConfigMap {namespace}/{name}"
         self.current: AdminConfig | None = None
+        self._watcher = ConfigWatcher(client, namespace, self.apply, name=name, server_timeout=60)
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def _collection(self) -> str:
-        return f"/api/v1/namespaces/{self.namespace}/configmaps"
-
-    def _apply(self, data: Mapping[str, Any] | None) -> None:
+    def apply(self, configmap: Mapping[str, Any] | None) -> None:
+        data = None if configmap is None else (configmap.get("data") or {})
         new = parse_admin_config(data, source=self.source)
         if new != self.current:
             logger.info(
-                "webhook admins from %s: groups %s, users %s",
-                self.source if data is not None else f"{self.source} (absent: defaults)",
+                "webhook admins from %s%s: groups %s, users %s",
+                self.source,
+                " (absent: defaults)" if configmap is None else "",
                 list(new.admin_groups),
                 list(new.admin_users),
             )
         self.current = new
 
-    async def refresh(self) -> str:
-        """List the ConfigMap once; return the list's resourceVersion to watch from."""
-        listing = await self.client.request(
-            "GET", self._collection, params={"fieldSelector": f"metadata.name={self.name}"}
-        )
-        items = listing.get("items") or []
-        self._apply(items[0].get("data") or {} if items else None)
-        return str((listing.get("metadata") or {}).get("resourceVersion", ""))
-
-    async def run(self) -> None:
-        """List, then watch; on any failure wait a little and list again. Runs until cancelled."""
-        from image_ancestry.operator.kube import backoff_delays
-
-        delays = backoff_delays(first=0.5, cap=10.0)
-        while True:
-            try:
-                version = await self.refresh()
-                delays = backoff_delays(first=0.5, cap=10.0)
-                while True:
-                    version = await self._watch_once(version)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the watch must outlive any one failure
-                delay = next(delays)
-                logger.warning(
-                    "watching %s failed (%s); retrying in %.1fs", self.source, exc, delay
-                )
-                await asyncio.sleep(delay)
-
-    async def _watch_once(self, version: str) -> str:
-        params = {
-            "watch": "true",
-            "fieldSelector": f"metadata.name={self.name}",
-            "resourceVersion": version,
-            "timeoutSeconds": str(WATCH_SECONDS),
-            "allowWatchBookmarks": "true",
-        }
-        async for event in self.client.stream(
-            self._collection, params=params, client_timeout=WATCH_SECONDS + 15
-        ):
-            kind = event.get("type")
-            obj = event.get("object") or {}
-            if kind == "ERROR":  # e.g. 410 Gone: the version is too old; list again
-                raise RuntimeError(f"watch error: {obj.get('message', obj)}")
-            version = str((obj.get("metadata") or {}).get("resourceVersion", version))
-            if kind in ("ADDED", "MODIFIED"):
-                self._apply(obj.get("data") or {})
-            elif kind == "DELETED":
-                self._apply(None)
-        return version
-
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
-                self.run(), name=f"watch {self.source}"
+                self._watcher.run(), name=f"watch {self.source} (webhook)"
             )
 
     async def stop(self) -> None:

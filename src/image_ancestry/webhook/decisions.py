@@ -70,7 +70,7 @@ def _describe(value: str | None) -> str:
 
 
 def _names(items: tuple[str, ...]) -> str:
-    return ", ".join(items) if items else "(empty)"
+    return ", ".join(items) if items else "none"
 
 
 def _user(userinfo: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:

@@ -109,6 +109,17 @@ def local_configuration(name: str, url: str, ca_bundle: bytes) -> dict[str, Any]
 WebhookFn = Callable[..., Awaitable[Any]]
 
 
+class _DenialsAreNotErrors(logging.Filter):
+    """kopf logs every denial as "Webhook ... failed permanently" at ERROR; a denial is the
+    webhook working, so it is logged at INFO (seen with ``--verbose``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and f"Webhook {WEBHOOK_ID!r} failed" in str(record.msg):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger("kopf").isEnabledFor(logging.INFO)
+        return True
+
+
 @dataclass
 class WebhookOptions:
     namespace: str  # the operator's namespace: its ConfigMap, Secret and Service live there
@@ -197,6 +208,9 @@ class AncestryWebhook:
         """Serve through kopf; the webhook configuration stays ours (not kopf-managed)."""
         settings.admission.server = self.serve
         settings.admission.managed = None
+        objects = logging.getLogger("kopf.objects")
+        if not any(isinstance(f, _DenialsAreNotErrors) for f in objects.filters):
+            objects.addFilter(_DenialsAreNotErrors())
 
     async def serve(self, fn: WebhookFn) -> AsyncIterator[Mapping[str, Any]]:
         """kopf's ``WebhookServerProtocol``: serve ``fn`` over HTTPS, yield client configs."""
