@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from image_ancestry.importer.errors import SourceSyntaxError
 from image_ancestry.importer.naming import DNS1123_LABEL, NameRequest, assign_names, sanitize
+from image_ancestry.importer.progress import Progress
 from image_ancestry.importer.sources import (
     ArchiveSource,
     OciSource,
@@ -153,3 +155,25 @@ def test_long_names_are_cut_with_a_hash() -> None:
 @given(st.text(max_size=100))
 def test_sanitize_always_gives_a_dns_label(text: str) -> None:
     assert DNS1123_LABEL.fullmatch(sanitize(text))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    stream = _Terminal()
+    progress = Progress(4, stream)
+    for n in range(4):
+        progress.advance(f"oci:l:{n}", 1 if n != 2 else None)
+    frames = stream.getvalue().split("\r\x1b[K")[1:]
+    assert frames[0].startswith("[######..................] 1/4 oci:l:0")
+    assert frames[-1] == "[########################] 4/4 oci:l:3\n"
+    assert "\n" not in "".join(frames[:-1])  # redrawn in place until the end
+
+
+def test_no_progress_for_one_source() -> None:
+    stream = _Terminal()
+    Progress(1, stream).advance("oci:l", 1)
+    assert stream.getvalue() == ""
