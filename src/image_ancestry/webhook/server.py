@@ -11,7 +11,11 @@ Modes (:func:`choose_mode`):
 
 - ``local``: the API server is on this host (the local control plane). The endpoint listens
   on ``127.0.0.1`` with a certificate made at start, and the URL webhook
-  ``image-ancestry-local-<namespace>`` is created on start and deleted on exit.
+  ``image-ancestry-local-<namespace>`` is registered automatically. Replicas of one namespace
+  share it: one takes it when it is absent or its endpoint does not answer, re-checked every
+  few seconds, and removes it on exit only if it is its own. Registrations of other
+  namespaces whose endpoint is gone (``kill -9``) are deleted, because with
+  ``failurePolicy: Fail`` they would refuse every ContainerImage write.
 - ``cluster``: in a pod. The endpoint listens on ``:9443`` behind the Service
   ``image-ancestry-webhook``; the ValidatingWebhookConfiguration ``image-ancestry`` comes
   from ``deploy/``. The certificate is either mounted (``cert_dir``: cert-manager) or
@@ -50,6 +54,8 @@ SERVICE_PORT = 443
 LISTEN_PORT = 9443
 TIMEOUT_SECONDS = 5
 RESYNC_SECONDS = 600.0  # in-cluster: re-read the shared Secret and re-check the caBundle
+LOCAL_GUARD_SECONDS = 3.0  # local: how often a replica checks who serves the registration
+LOCAL_LABEL = "imageancestry.io/local-webhook"
 
 Mode = Literal["local", "cluster", "off"]
 
@@ -98,6 +104,7 @@ def local_configuration(name: str, url: str, ca_bundle: bytes) -> dict[str, Any]
             "labels": {
                 "app.kubernetes.io/name": "image-ancestry",
                 "app.kubernetes.io/component": "webhook",
+                LOCAL_LABEL: "true",
             },
         },
         "webhooks": [
@@ -218,7 +225,8 @@ class AncestryWebhook:
 
         self.watcher.start()
         resync: asyncio.Task[None] | None = None
-        registered = False
+        guard: asyncio.Task[None] | None = None
+        url: str | None = None
         try:
             cert = await self._certificate()
             server = kopf.WebhookServer(
@@ -235,14 +243,18 @@ class AncestryWebhook:
             async for client_config in server(fn):
                 if self.options.mode == "local":
                     url = f"{str(client_config['url']).rstrip('/')}/{WEBHOOK_ID}"
-                    await self._register_local(url, cert.ca_bundle)
-                    registered = True
+                    await self._claim_local(url, cert.ca_bundle)
+                    if guard is None:
+                        guard = asyncio.get_running_loop().create_task(
+                            self._guard_local(url, cert.ca_bundle)
+                        )
                 yield client_config
         finally:
-            if resync is not None:
-                resync.cancel()
-            if registered:
-                await self._unregister_local()
+            for task in (resync, guard):
+                if task is not None:
+                    task.cancel()
+            if url is not None:
+                await self._release_local(url)
             await self.watcher.stop()
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
@@ -289,25 +301,118 @@ class AncestryWebhook:
             except Exception as exc:
                 logger.error("webhook certificate resync failed: %s", exc)
 
-    async def _register_local(self, url: str, ca_bundle: bytes) -> None:
+    # --- local mode: one URL webhook, shared by every replica on this host ------------------
+    #
+    # Replicas started side by side (the HA tests) must not leave the API server calling a
+    # dead endpoint: with failurePolicy Fail that would refuse every ContainerImage write.
+    # So a replica takes the registration only when it is absent or its endpoint does not
+    # answer, checks that again every few seconds, and on exit removes only its own.
+
+    async def _get_local(self) -> dict[str, Any] | None:
+        from image_ancestry.operator.kube import ApiError
+
+        try:
+            obj: dict[str, Any] = await self.client.request(
+                "GET", f"{tls.WEBHOOKS_PATH}/{self.options.configuration_name}", attempts=2
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    async def _claim_local(self, url: str, ca_bundle: bytes) -> bool:
+        """Register ``url`` unless a live endpoint is registered; return whether it is ours."""
         from image_ancestry.operator.kube import ApiError
 
         name = self.options.configuration_name
+        existing = await self._get_local()
         body = local_configuration(name, url, ca_bundle)
         try:
-            await self.client.request("POST", tls.WEBHOOKS_PATH, body=body)
+            if existing is None:
+                await self.client.request("POST", tls.WEBHOOKS_PATH, body=body)
+            else:
+                current = _registered_url(existing)
+                if current == url:
+                    return True
+                if current is not None and await _answers(current):
+                    return False
+                body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+                await self.client.request("PUT", f"{tls.WEBHOOKS_PATH}/{name}", body=body)
         except ApiError as exc:
-            if exc.status != 409:
+            if exc.status != 409:  # another replica was faster: look again next round
                 raise
-            existing = await self.client.request("GET", f"{tls.WEBHOOKS_PATH}/{name}")
-            body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-            await self.client.request("PUT", f"{tls.WEBHOOKS_PATH}/{name}", body=body)
+            return False
         logger.info("registered the validating webhook %s at %s", name, url)
+        return True
 
-    async def _unregister_local(self) -> None:
+    async def _guard_local(self, url: str, ca_bundle: bytes) -> None:
+        while True:
+            await asyncio.sleep(LOCAL_GUARD_SECONDS)
+            try:
+                await self._claim_local(url, ca_bundle)
+                await self._sweep_local()
+            except Exception as exc:
+                logger.warning("checking the local webhook registration failed: %s", exc)
+
+    async def _sweep_local(self) -> None:
+        """Delete other operators' local registrations whose endpoint is gone (a ``kill -9``
+        of the only operator of another namespace would otherwise block every write)."""
+        listing = await self.client.request(
+            "GET", tls.WEBHOOKS_PATH, params={"labelSelector": f"{LOCAL_LABEL}=true"}
+        )
+        for item in listing.get("items") or []:
+            name = item["metadata"]["name"]
+            url = _registered_url(item)
+            if name == self.options.configuration_name or (url and await _answers(url)):
+                continue
+            await self._delete_local(item)
+            logger.info("removed %s: its endpoint %s does not answer", name, url)
+
+    async def _delete_local(self, configuration: Mapping[str, Any]) -> None:
         from image_ancestry.operator.kube import ApiError
 
-        name = self.options.configuration_name
-        with contextlib.suppress(ApiError, OSError, asyncio.CancelledError):
-            await self.client.request("DELETE", f"{tls.WEBHOOKS_PATH}/{name}", attempts=2)
-            logger.info("removed the validating webhook %s", name)
+        metadata = configuration["metadata"]
+        try:
+            await self.client.request(
+                "DELETE",
+                f"{tls.WEBHOOKS_PATH}/{metadata['name']}",
+                body={"preconditions": {"resourceVersion": metadata["resourceVersion"]}},
+                attempts=2,
+            )
+        except ApiError as exc:
+            if exc.status not in (404, 409):  # gone already, or re-registered meanwhile
+                raise
+
+    async def _release_local(self, url: str) -> None:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            existing = await self._get_local()
+            if existing is None or _registered_url(existing) != url:
+                return
+            await self._delete_local(existing)
+            logger.info("removed the validating webhook %s", self.options.configuration_name)
+
+
+def _registered_url(configuration: Mapping[str, Any]) -> str | None:
+    for hook in configuration.get("webhooks") or []:
+        url = (hook.get("clientConfig") or {}).get("url")
+        if hook.get("name") == WEBHOOK_NAME and isinstance(url, str):
+            return url
+    return None
+
+
+async def _answers(url: str) -> bool:
+    """Whether something accepts TCP connections at ``url``'s host and port."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return False
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port or 443), timeout=1.0
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
