@@ -335,3 +335,17 @@ def test_image_without_layers_is_refused(cli: Cli, tmp_path: Path) -> None:
     empty = build_image([])
     layout = write_layout(tmp_path / "scratch", {"1": empty})
     assert_failed(cli(f"oci:{layout}"), f"oci:{layout}", "not an image", "no layers")
+
+
+def test_the_same_image_given_twice_is_written_once(cli: Cli, images: Images) -> None:
+    result = cli("-q", f"oci:{images.layout}", f"oci:{images.layout}:app-1")
+    assert sorted(by_name(result)) == LAYOUT_NAMES
+    assert result.out.count("kind: ContainerImage") == 4
+
+
+def test_name_for_the_platforms_of_one_index(cli: Cli, images: Images) -> None:
+    docs = by_name(cli("--name", "golden", f"oci:{images.layout}:multi"))
+    assert sorted(docs) == ["golden-linux-amd64", "golden-linux-arm64-v8"]
+    several = cli("--name", "golden", f"oci:{images.layout}")
+    assert (several.code, several.out) == (2, "")
+    assert "holds 4 images" in several.err

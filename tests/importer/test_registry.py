@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,45 @@ def test_docker_config_json(
 def test_unknown_digest_is_not_found(cli: Cli, registry: LocalRegistry) -> None:
     source = f"docker://{registry.host}/platform/base@sha256:{'0' * 64}"
     assert_failed(cli("--insecure", source), source, "not found", "MANIFEST_UNKNOWN")
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    """Not a registry: a server that lies, which the real registry never does."""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("/manifests/huge"):
+            self.send_response(200)
+            self.send_header("Content-Type", OCI_MANIFEST)
+            self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+            self.wfile.write(b"{" * 65536)
+            return
+        body = b'{"schemaVersion": 2}'
+        self.send_response(200)
+        self.send_header("Content-Type", OCI_MANIFEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hostile() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hostile_registry(cli: Cli, hostile: str) -> None:
+    huge = f"docker://{hostile}/x/y:huge"
+    assert_failed(cli("--insecure", huge), huge, "invalid", "over the 4194304-byte limit")
+    wanted = "sha256:" + "1" * 64
+    lying = f"docker://{hostile}/x/y@{wanted}"
+    assert_failed(cli("--insecure", lying), lying, "invalid", "sent a manifest with digest")

@@ -114,9 +114,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"image-ancestry import: {failure}", file=sys.stderr)
         return EXIT_FAILURE
 
+    flat = [image for images in imported for image in images]
+    if (
+        args.name is not None
+        and len(flat) > 1
+        and (
+            flat[0].index_digest is None
+            or any(i.index_digest != flat[0].index_digest for i in flat)
+        )
+    ):
+        return _usage(
+            f"--name names one image, or the platforms of one index; {flat[0].source} holds "
+            f"{len(flat)} images"
+        )
     manifests: list[dict[str, Any]] = []
     try:
-        manifests = _manifests(imported, args)
+        manifests = _manifests(flat, args)
     except ImportFailure as exc:
         print(f"image-ancestry import: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -166,29 +179,25 @@ def _import_all(
     return results, failures
 
 
-def _manifests(
-    imported: list[list[ImportedImage]], args: argparse.Namespace
-) -> list[dict[str, Any]]:
+def _manifests(flat: list[ImportedImage], args: argparse.Namespace) -> list[dict[str, Any]]:
     requests: list[NameRequest] = []
-    flat: list[ImportedImage] = []
-    for images in imported:
-        several = len(images) > 1
-        for image in images:
-            layers = image.manifest_layers if args.layers == "manifest" else image.diff_ids
-            identity = "|".join(
-                (image.image or "", image.digest or "", image.source, ",".join(layers))
+    for image in flat:
+        layers = image.manifest_layers if args.layers == "manifest" else image.diff_ids
+        # What tells two images apart; the same image given twice (oci:DIR and oci:DIR:TAG)
+        # is the same request, gets the same name and is written once.
+        identity = "|".join((image.image or "", image.digest or "", ",".join(layers)))
+        requests.append(
+            NameRequest(
+                identity=identity,
+                components=image.components,
+                tag=image.tag,
+                digest=image.index_digest or image.digest,
+                # Images picked out of an index are told apart by platform, unless
+                # --platform already picked one per index.
+                platform=image.platform if args.platform is None else None,
+                override=args.name,
             )
-            requests.append(
-                NameRequest(
-                    identity=identity,
-                    components=image.components,
-                    tag=image.tag,
-                    digest=image.index_digest or image.digest,
-                    platform=image.platform if several else None,
-                    override=args.name,
-                )
-            )
-            flat.append(image)
+        )
     names = assign_names(requests)
     manifests: list[dict[str, Any]] = []
     seen: set[str] = set()
