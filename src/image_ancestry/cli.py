@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "cluster": "image_ancestry.controlplane.commands",
     "run": "image_ancestry.operator.commands",
     "offline": "image_ancestry.offline",
+    "compare": "image_ancestry.compare.commands",
 }
 
 
