@@ -20,20 +20,10 @@ from tests.compare.helpers import (
     layers,
     vulnerability_report,
 )
+from tests.test_offline_cli import run, write
 
 WORKED_EXAMPLE = REPO / "docs/examples/vulnerabilities"
 APP = "team-a/shop-api-1-4-0"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def write(path: Path, docs: list[Any]) -> Path:
-    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    return path
 
 
 def test_worked_example_table(capsys: pytest.CaptureFixture[str]) -> None:

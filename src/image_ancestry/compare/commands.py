@@ -35,6 +35,7 @@ from image_ancestry.compare.vulnerabilities import (
     vulnerabilities_status,
 )
 from image_ancestry.engine import AncestryIndex, ImageKey, ImageRecord
+from image_ancestry.engine import _reference as reference_of  # the shape statuses use
 from image_ancestry.manifests import STDIN, load_container_images, load_documents
 from image_ancestry.model import ContainerImage, ManifestError
 
@@ -234,15 +235,6 @@ def _list(api: Any, group: str, version: str, plural: str) -> Iterator[dict[str,
 # --- comparing --------------------------------------------------------------------------------
 
 
-def _reference(record: ImageRecord) -> dict[str, Any]:
-    ref: dict[str, Any] = {"namespace": record.namespace, "name": record.name}
-    if record.image is not None:
-        ref["image"] = record.image
-    if record.digest is not None:
-        ref["digest"] = record.digest
-    return ref
-
-
 def compare(
     inputs: Inputs, key: ImageKey, base: str | ImageKey, user_base_image_enabled: bool = True
 ) -> dict[str, Any]:
@@ -266,7 +258,7 @@ def compare(
         base_record = ancestry.get(base_key)
         if base_record is None:
             raise NotFound(f"base ContainerImage {base_key[0]}/{base_key[1]} not found")
-        base_ref = {**_reference(base_record), "reason": REQUESTED}
+        base_ref = {**reference_of(base_record), "reason": REQUESTED}
     index.sync_images(ancestry, [key] if base_key is None else [key, base_key])
     report = index.report_for(key)
     base_report = None if base_key is None else index.report_for(base_key)
@@ -281,7 +273,7 @@ def compare(
     return {
         "apiVersion": API_VERSION,
         "kind": COMPARISON_KIND,
-        "image": _reference(record),
+        "image": reference_of(record),
         "baseImage": base_ref,
         "vulnerabilities": vulnerabilities_status(report, base_report),
         "findings": findings,
