@@ -148,6 +148,15 @@ async def _main(
             install_webhook(
                 args, kube=kube, namespace=options.namespace, registry=registry, settings=settings
             )
+        from image_ancestry.policy.admission import install as install_gate
+
+        install_gate(
+            controller=controller,
+            kube=kube,
+            namespace=options.namespace,
+            registry=registry,
+            settings=settings,
+        )
         operator = asyncio.create_task(
             kopf.operator(
                 registry=registry,

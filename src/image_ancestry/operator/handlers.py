@@ -50,6 +50,10 @@ def build_registry(controller: Controller) -> Any:
     def login(**_: Any) -> Any:
         return controller.kube.connection_info()
 
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await controller.shutdown()
+
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def containerimage_event(**kwargs: Any) -> None:
         event = kwargs["event"]

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from image_ancestry.model import MARK_ANNOTATION
+from image_ancestry.references import try_normalise
 
 READY = "Ready"
 COMPUTED = "Computed"
@@ -46,25 +47,6 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def normalize_reference(ref: str) -> str:
-    """An image reference as the container runtime resolves it: ``debian`` is
-    ``docker.io/library/debian:latest``."""
-    name, at, digest = ref.partition("@")
-    first, slash, rest = name.partition("/")
-    if not slash:
-        name = f"docker.io/library/{name}"
-    elif first in ("index.docker.io", "registry-1.docker.io"):
-        name = f"docker.io/{rest}"
-    elif "." not in first and ":" not in first and first != "localhost":
-        name = f"docker.io/{name}"
-    if name.startswith("docker.io/") and name.count("/") == 1:
-        name = "docker.io/library/" + name.removeprefix("docker.io/")
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last and not at:
-        name += ":latest"
-    return name + (at + digest if at else "")
-
-
 def declared_base(
     annotations: Mapping[str, str], base: Mapping[str, Any] | None
 ) -> dict[str, Any] | None:
@@ -84,7 +66,9 @@ def declared_base(
         agrees = base.get("digest") == digest
     else:
         image = base.get("image")
-        agrees = image is not None and normalize_reference(image) == normalize_reference(str(name))
+        agrees = image is not None and (
+            image == name or (try_normalise(image) or image) == try_normalise(str(name))
+        )
     result: dict[str, Any] = {"agrees": agrees}
     if name is not None:
         result["name"] = name
