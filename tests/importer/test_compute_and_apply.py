@@ -71,7 +71,7 @@ def test_apply_server_side(cli: Cli, images: Images, cluster: object, namespace:
         pytest.skip(f"{CRD.relative_to(REPO)} is not in the tree yet")
     kubectl = cluster.kubectl  # type: ignore[attr-defined]
     kubeconfig = str(cluster.kubeconfig_path)  # type: ignore[attr-defined]
-    kubectl("apply", "--server-side", "-f", str(CRD))
+    kubectl("apply", "-f", str(CRD))
     kubectl("wait", "--for=condition=Established", "crd/containerimages.imageancestry.io")
 
     source = f"oci:{images.layout}"
