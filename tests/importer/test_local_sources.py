@@ -349,3 +349,16 @@ def test_name_for_the_platforms_of_one_index(cli: Cli, images: Images) -> None:
     several = cli("--name", "golden", f"oci:{images.layout}")
     assert (several.code, several.out) == (2, "")
     assert "holds 4 images" in several.err
+
+
+def test_layout_entry_that_is_no_manifest(cli: Cli, tmp_path: Path) -> None:
+    base = build_image(BASE_LAYERS)
+    layout = write_layout(tmp_path / "odd", {"1": base})
+    config_digest = sha256(base.config)
+    _rewrite_index(
+        layout,
+        lambda i: i["manifests"][0].update(
+            digest=config_digest, size=len(base.config), mediaType="application/json"
+        ),
+    )
+    assert_failed(cli(f"oci:{layout}"), f"oci:{layout}", "not an image", "application/json")

@@ -210,6 +210,14 @@ def resolve(
     media_type = obj.get("mediaType") or top.media_type
     if media_type in INDEX_TYPES or (media_type not in MANIFEST_TYPES and "manifests" in obj):
         return _resolve_index(store, top, obj, template, platform=platform)
+    config = obj.get("config")
+    looks_like_one = isinstance(config, dict) and isinstance(obj.get("layers"), list)
+    if media_type not in MANIFEST_TYPES and not looks_like_one:
+        raise ImportFailure(
+            source,
+            NOT_AN_IMAGE,
+            f"{top.digest} is {media_type or 'untyped'}, not an image manifest or index",
+        )
     image = _resolve_manifest(store, top, obj, template)
     if platform is not None and not platform_matches(platform, image.platform):
         raise ImportFailure(

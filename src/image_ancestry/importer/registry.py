@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -229,8 +230,10 @@ class Registry:
             raise ImportFailure(
                 label, UNREACHABLE, f"cannot connect to {self.base}: {text}"
             ) from None
-        except (TimeoutError, ConnectionError, OSError) as exc:
-            raise ImportFailure(label, UNREACHABLE, f"{self.base}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, short reads
+            raise ImportFailure(
+                label, UNREACHABLE, f"{self.base}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def get(
         self,
