@@ -100,17 +100,13 @@ def test_worst_case_object_stays_under_etcd_limit(cluster: TestCluster, namespac
             }
         ],
     }
-    cluster.kubectl(
-        "patch",
-        "containerimage",
-        name,
-        "-n",
-        namespace,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        json.dumps({"status": status}),
-    )
+
+    def patch_status() -> None:
+        patch = json.dumps({"status": status})
+        args = ["-n", namespace, "--subresource=status", "--type=merge", "-p", patch]
+        cluster.kubectl("patch", "containerimage", name, *args)
+
+    patch_status()
     stored = cluster.kubectl("get", "containerimage", name, "-n", namespace, "-o", "json")
     size = len(stored.encode())
     print(f"worst-case ContainerImage as stored: {size} bytes ({size / ETCD_LIMIT:.1%} of 1.5 MiB)")
@@ -125,14 +121,4 @@ def test_worst_case_object_stays_under_etcd_limit(cluster: TestCluster, namespac
         cluster.kubectl("create", "-f", "-", input=json.dumps(too_many))
     status["ancestors"] = [*ancestors, _ref(MAX_LISTED_ANCESTORS, image_len, digest=False)]
     with pytest.raises(KubectlError, match=r"status\.ancestors"):
-        cluster.kubectl(
-            "patch",
-            "containerimage",
-            name,
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps({"status": status}),
-        )
+        patch_status()
