@@ -157,16 +157,22 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_archive(path: Path, images: list[tuple[Built, list[str]]]) -> Path:
-    """A ``docker save`` tarball (the classic layout) of ``(image, RepoTags)`` pairs."""
+def write_archive(
+    path: Path, images: list[tuple[Built, list[str]]], *, blobs_layout: bool = False
+) -> Path:
+    """A ``docker save`` tarball of ``(image, RepoTags)`` pairs: the classic layout
+    (``HEX.json``, ``HEX/layer.tar``), or with ``blobs_layout`` Docker 25's, where
+    ``manifest.json`` points into ``blobs/sha256/``."""
     entries = []
     with tarfile.open(path, "w") as tar:
         written: set[str] = set()
         for image, repo_tags in images:
-            config_name = image.config and sha256(image.config).partition(":")[2] + ".json"
+            config_hex = sha256(image.config).partition(":")[2]
+            config_name = f"blobs/sha256/{config_hex}" if blobs_layout else f"{config_hex}.json"
             layer_names = []
             for layer in image.layer_tars:
-                name = f"{sha256(layer).partition(':')[2]}/layer.tar"
+                layer_hex = sha256(layer).partition(":")[2]
+                name = f"blobs/sha256/{layer_hex}" if blobs_layout else f"{layer_hex}/layer.tar"
                 if name not in written:
                     add_member(tar, name, layer)
                     written.add(name)

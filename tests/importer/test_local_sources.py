@@ -10,6 +10,8 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from image_ancestry import API_VERSION
 from image_ancestry.model import ContainerImage
 from tests.importer.builders import (
@@ -202,10 +204,15 @@ def test_docker_archive(cli: Cli, images: Images, tmp_path: Path) -> None:
     assert_failed(cli(missing), missing, "not found", "r.example/team/app:1")
 
 
+@pytest.mark.parametrize("blobs_layout", [False, True], ids=["classic", "docker-25"])
 def test_docker_archive_layers_manifest_hashes_the_stored_layers(
-    cli: Cli, images: Images, tmp_path: Path
+    cli: Cli, images: Images, tmp_path: Path, blobs_layout: bool
 ) -> None:
-    archive = write_archive(tmp_path / "save.tar", [(images.app, ["app:1"])])
+    archive = write_archive(
+        tmp_path / "save.tar", [(images.app, ["app:1"])], blobs_layout=blobs_layout
+    )
+    (doc,) = cli(f"docker-archive:{archive}").docs()
+    assert doc["spec"]["layers"] == images.app.diff_ids
     (doc,) = cli("--layers", "manifest", f"docker-archive:{archive}").docs()
     assert doc["spec"]["layers"] == [sha256(t) for t in images.app.layer_tars]
 
