@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,21 +20,12 @@ import pytest
 
 from image_ancestry.model import MARK_ANNOTATION
 from tests.clusters import KubectlError, TestCluster
+from tests.operator.conftest import crds, wait_for
+
+__all__ = ["crds", "wait_for"]  # the operator tests' fixture and poller, shared
 
 REPO = Path(__file__).resolve().parents[2]
 ALICE = ("--as=alice", "--as-group=devs")
-
-
-def poll(probe: Callable[[], Any], *, attempts: int = 120, interval: float = 0.25) -> Any:
-    """Call ``probe`` until it returns something truthy, at most ``attempts`` times; return
-    the last result (the caller asserts on it: nothing here measures time)."""
-    result = None
-    for _ in range(attempts):
-        result = probe()
-        if result:
-            return result
-        time.sleep(interval)
-    return result
 
 
 def layer(n: int) -> str:
@@ -99,18 +89,6 @@ class Operator:
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
 
 
-@pytest.fixture(scope="session")
-def crds(cluster: TestCluster) -> TestCluster:
-    cluster.kubectl("apply", "-f", str(REPO / "crds" / "containerimages.yaml"))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/containerimages.imageancestry.io",
-    )
-    return cluster
-
-
 def start_operator(cluster: TestCluster, namespace: str, log_path: Path) -> Operator:
     log = log_path.open("ab")
     proc = subprocess.Popen(
@@ -137,7 +115,7 @@ def wait_until_served(op: Operator, probe_namespace: str) -> None:
             return "rule 5" in exc.stderr
         return False
 
-    assert poll(denied, attempts=240), f"the webhook never answered:\n{op.log()[-4000:]}"
+    wait_for(denied, timeout=60, what="the API server to call the webhook")
 
 
 @pytest.fixture(scope="module")

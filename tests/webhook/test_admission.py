@@ -21,7 +21,7 @@ from tests.webhook.conftest import (
     kubectl_error,
     layer,
     manifest,
-    poll,
+    wait_for,
 )
 
 pytestmark = pytest.mark.cluster
@@ -189,11 +189,11 @@ def test_admin_groups_change_takes_effect_without_restart(
 
     try:
         operator.set_config(admin_groups="system:masters, devs")
-        assert poll(lambda: _alice_allowed(alice, mark)), "devs never became admins"
+        wait_for(lambda: _alice_allowed(alice, mark), what="devs to become admins")
         operator.set_config(admin_groups="system:masters", admin_users="alice")
-        assert poll(lambda: _alice_allowed(alice, mark)), "alice as admin_users"
+        wait_for(lambda: _alice_allowed(alice, mark), what="alice in admin_users")
         operator.set_config(admin_groups="system:masters")
-        assert poll(lambda: not _alice_allowed(alice, mark)), "devs are still admins"
+        wait_for(lambda: not _alice_allowed(alice, mark), what="devs to be admins no more")
         # The admin is still an admin, and the same process answered throughout.
         cluster.kubectl("annotate", "-n", namespace, "cimg", "img", f"{ANNOTATION}=true")
         assert operator.proc.pid == pid and operator.proc.poll() is None

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from image_ancestry.model import MARK_ANNOTATION
 from image_ancestry.webhook.config import AdminConfig, parse_admin_config, split_names
 from image_ancestry.webhook.decisions import MARK_FIELD, decide
+from tests.webhook.conftest import manifest
 
 L1 = "sha256:" + "1" * 64
 L2 = "sha256:" + "2" * 64
@@ -20,16 +21,8 @@ BOB = {"username": "bob", "groups": ["system:authenticated"]}
 ADMIN = {"username": "carol", "groups": ["platform-admins", "system:authenticated"]}
 
 
-def image(mark: str | None = None, layers: list[Any] | None = None, **spec: Any) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": "img", "namespace": "team-a"}
-    if mark is not None:
-        metadata["annotations"] = {MARK_ANNOTATION: mark}
-    return {
-        "apiVersion": "imageancestry.io/v1alpha1",
-        "kind": "ContainerImage",
-        "metadata": metadata,
-        "spec": {"layers": layers if layers is not None else [L1], **spec},
-    }
+def image(mark: str | None = None, layers: list[Any] | None = None) -> dict[str, Any]:
+    return manifest("team-a", "img", layers if layers is not None else [L1], mark)
 
 
 def request(

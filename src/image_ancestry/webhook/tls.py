@@ -167,7 +167,8 @@ def secret_usable(
 def new_secret_data(dns_names: list[str], previous_ca: bytes = b"") -> dict[str, str]:
     """A new CA and serving pair; ``ca.crt`` keeps ``previous_ca``'s still-valid certificates."""
     ca = pki.make_ca("image-ancestry-webhook-ca")
-    serving = pki.make_serving_cert(ca, dns_names[-2], dns_names, [])
+    # CN is at most 64 characters: the bare Service name (a DNS label); SANs carry the rest.
+    serving = pki.make_serving_cert(ca, dns_names[0][:64], dns_names, [])
     now = datetime.datetime.now(datetime.UTC)
     kept = [c for c in _load_certs(previous_ca) if c.not_valid_after_utc > now]
     bundle = ca.cert_pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in kept[:1])
