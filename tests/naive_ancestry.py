@@ -53,7 +53,9 @@ def status(image: ImageRecord, records: Iterable[ImageRecord], enabled: bool) ->
     }
 
 
-def all_statuses(records: Iterable[ImageRecord], enabled: bool) -> dict[ImageKey, dict[str, Any]]:
+def all_statuses(
+    records: Iterable[ImageRecord], enabled: bool = True
+) -> dict[ImageKey, dict[str, Any]]:
     records = list(records)
     return {r.key: status(r, records, enabled) for r in records}
 

@@ -57,11 +57,32 @@ def check_against_naive(index: AncestryIndex, current: dict[ImageKey, ImageRecor
     """Every answer the index gives equals the reference's."""
     expected = naive.all_statuses(current.values(), index.user_base_image_enabled)
     assert {key: index.status(key) for key in index} == expected
+    bulk = list(index.statuses())
+    assert len(bulk) == len(expected) and dict(bulk) == expected
     assert index.roots() == naive.roots(current.values())
     for key in current:
         assert index.children(key) == naive.children(key, current.values())
         assert index.get(key) == current[key]
     assert len(index) == len(current)
+    check_trie(index)
+
+
+def check_trie(index: AncestryIndex) -> None:
+    """The compressed trie's invariants: every node below the root holds images or
+    branches, is keyed by its label's first layer, and its depth adds up."""
+    nodes = 0
+    stack = [index._root]
+    while stack:
+        node = stack.pop()
+        for first, child in node.children.items():
+            assert child.parent is node and child.label and child.label[0] == first
+            assert child.depth == node.depth + len(child.label)
+            assert child.images or len(child.children) >= 2
+            assert child.marked == sum(r.marked for r in child.images)
+            assert [r.key for r in child.images] == sorted(r.key for r in child.images)
+            stack.append(child)
+        nodes += 1
+    assert nodes <= 2 * len(index) + 1  # compression bounds the node count
 
 
 @settings(max_examples=300, deadline=None)
@@ -151,6 +172,7 @@ def test_ancestor_list_is_capped_but_counted() -> None:
     assert len(status["ancestors"]) == MAX_LISTED_ANCESTORS
     assert status["ancestors"][0]["name"] == images[-2].name
     assert status == naive.status(top, images, True)
+    assert dict(index.statuses()) == naive.all_statuses(images, True)
 
 
 def test_changes_past_the_listed_cap() -> None:
@@ -170,6 +192,10 @@ def test_changes_past_the_listed_cap() -> None:
     assert index.upsert(replace(far, image="r.example/new:2", marked=True)) == {
         r.key for r in images[1:]
     }
+    # The bulk walk agrees past the cap, with a closer mark overriding a farther one.
+    index.upsert(replace(images[50], marked=True))
+    current = [r for r in (index.get(k) for k in index) if r is not None]
+    assert dict(index.statuses()) == naive.all_statuses(current)
 
 
 def test_idempotent_upsert_and_unknown_remove_change_nothing() -> None:

@@ -353,3 +353,13 @@ def test_console_script(tmp_path: Path) -> None:
     )
     assert (failed.returncode, failed.stdout) == (2, "")
     assert "spec.layers" in failed.stderr
+
+
+def test_yaml_output_has_no_anchors_for_shared_parts(tmp_path: Path, capsys: Any) -> None:
+    """Twins share their ancestors in the engine's bulk walk; YAML must still spell them out."""
+    docs = [image_doc("base", [1]), image_doc("t1", [1, 2]), image_doc("t2", [1, 2])]
+    code, out, _ = run(capsys, "compute", "-o", "yaml", str(write(tmp_path / "a.yaml", docs)))
+    assert code == 0
+    assert "&id" not in out and "*id" not in out
+    items = {item["name"]: item["status"] for item in yaml.safe_load(out)["items"]}
+    assert items["t1"] == items["t2"] and items["t1"]["parent"]["name"] == "base"

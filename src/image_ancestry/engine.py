@@ -23,7 +23,6 @@ and the offline CLI share it, and tests need no cluster.
 from __future__ import annotations
 
 import gc
-
 from collections.abc import Iterable, Iterator, KeysView
 from dataclasses import dataclass
 from typing import Any
@@ -55,18 +54,26 @@ class ImageRecord:
 
 
 class _Node:
-    """One distinct layer prefix. ``images`` holds the images whose layers end exactly here
-    (several: identical layer lists, e.g. retags), kept sorted by key because that is the
-    tie order of rule 2; ``marked`` counts the marked ones so walks can skip the lookup."""
+    """A layer prefix where something happens: images end here, or paths branch.
 
-    __slots__ = ("children", "depth", "images", "layer", "marked", "parent")
+    The trie is compressed: runs of layers with nothing in between are one edge, ``label``
+    (the layers from the parent's prefix to this one, never empty below the root). So a
+    walk from an image to the root passes only image-holding and branching nodes, not one
+    node per layer. ``depth`` is the number of layers in this prefix. ``images`` holds the
+    images whose layers end exactly here (several: identical layer lists, e.g. retags),
+    sorted by key because that is the tie order of rule 2; ``marked`` counts the marked ones
+    so walks can skip the lookup. ``children`` is keyed by the first layer of their label.
+    """
 
-    def __init__(self, parent: _Node | None, layer: str, depth: int) -> None:
+    __slots__ = ("children", "depth", "images", "label", "marked", "parent", "refs")
+
+    def __init__(self, parent: _Node | None, label: tuple[str, ...], depth: int) -> None:
         self.parent = parent
-        self.layer = layer
+        self.label = label
         self.depth = depth
         self.children: dict[str, _Node] = {}
         self.images: list[ImageRecord] = []
+        self.refs: list[dict[str, Any]] = []  # images' references, built once, copied out
         self.marked = 0
 
 
@@ -83,7 +90,7 @@ class AncestryIndex:
     """All known images, indexed by layer prefix. Not thread-safe: one writer at a time."""
 
     def __init__(self, user_base_image_enabled: bool = True) -> None:
-        self._root = _Node(None, "", 0)
+        self._root = _Node(None, (), 0)
         self._records: dict[ImageKey, ImageRecord] = {}
         self._nodes: dict[ImageKey, _Node] = {}
         self._enabled = user_base_image_enabled
@@ -143,43 +150,81 @@ class AncestryIndex:
         node = self._nodes[key]
         ancestors: list[dict[str, Any]] = []
         count = 0
-        parent: ImageRecord | None = None
-        base: ImageRecord | None = None
+        parent: dict[str, Any] | None = None
+        base: dict[str, Any] | None = None
         look_for_mark = self._enabled
         above = node.parent
         while above is not None:
-            if above.images:
+            refs = above.refs
+            if refs:
                 if parent is None:
-                    parent = above.images[0]
-                for record in above.images:
-                    if count < MAX_LISTED_ANCESTORS:
-                        entry = _reference(record)
-                        entry["layerCount"] = above.depth
-                        ancestors.append(entry)
-                    count += 1
+                    parent = refs[0]
+                if count < MAX_LISTED_ANCESTORS:
+                    depth = above.depth
+                    for ref in refs[: MAX_LISTED_ANCESTORS - count]:
+                        ancestors.append({**ref, "layerCount": depth})
+                count += len(refs)
                 if look_for_mark and above.marked:
-                    base = next(record for record in above.images if record.marked)
+                    base = next(r for r, i in zip(refs, above.images, strict=True) if i.marked)
                     look_for_mark = False
             above = above.parent
-        base_ref: dict[str, Any] | None = None
         if base is not None:
-            base_ref = _reference(base)
-            base_ref["reason"] = MARKED_BASE_IMAGE
+            base = {**base, "reason": MARKED_BASE_IMAGE}
         elif parent is not None:
-            base_ref = _reference(parent)
-            base_ref["reason"] = CLOSEST_ANCESTOR
+            base = {**parent, "reason": CLOSEST_ANCESTOR}
         return {
             "layerCount": node.depth,
             "ancestorCount": count,
             "ancestors": ancestors,
-            "parent": None if parent is None else _reference(parent),
-            "baseImage": base_ref,
+            "parent": None if parent is None else dict(parent),
+            "baseImage": base,
         }
 
     def statuses(self) -> Iterator[tuple[ImageKey, dict[str, Any]]]:
-        """Every image's status, in no particular order."""
-        for key in self._records:
-            yield key, self.status(key)
+        """Every image's status, equal to :meth:`status`, in no particular order.
+
+        For serialising everything at once (the offline ``compute``): one walk down the
+        trie hands each node's ancestor list on to the nodes below, instead of every image
+        walking up on its own. The price is sharing: images with the same ancestors get the
+        same ``ancestors`` list and the same ``parent``/``baseImage``/entry dicts. Treat
+        them as read-only; use :meth:`status` for a dict of your own.
+        """
+        enabled = self._enabled
+        # (node, ancestors closest first, ancestor count, parent reference, first marked)
+        Frame = tuple[
+            _Node, list[dict[str, Any]], int, dict[str, Any] | None, dict[str, Any] | None
+        ]
+        stack: list[Frame] = [(child, [], 0, None, None) for child in self._root.children.values()]
+        while stack:
+            node, chain, count, parent, marked = stack.pop()
+            refs = node.refs
+            if refs:
+                base: dict[str, Any] | None = None
+                if marked is not None:
+                    base = {**marked, "reason": MARKED_BASE_IMAGE}
+                elif parent is not None:
+                    base = {**parent, "reason": CLOSEST_ANCESTOR}
+                depth = node.depth
+                for record in node.images:
+                    yield (
+                        record.key,
+                        {
+                            "layerCount": depth,
+                            "ancestorCount": count,
+                            "ancestors": chain,
+                            "parent": parent,
+                            "baseImage": base,
+                        },
+                    )
+                # What the images below see of this node.
+                chain = [{**ref, "layerCount": depth} for ref in refs] + chain
+                del chain[MAX_LISTED_ANCESTORS:]  # the closest ones stay listed
+                count += len(refs)
+                parent = dict(refs[0])
+                if enabled and node.marked:  # a closer mark overrides the ones above
+                    marked = next(r for r, i in zip(refs, node.images, strict=True) if i.marked)
+                    marked = dict(marked)
+            stack.extend((child, chain, count, parent, marked) for child in node.children.values())
 
     def children(self, key: ImageKey) -> list[ImageKey]:
         """The images whose parent ``key`` is, sorted by key.
@@ -243,16 +288,41 @@ class AncestryIndex:
     # --- internals -----------------------------------------------------------------------
 
     def _attach(self, record: ImageRecord) -> _Node:
+        layers = record.layers
+        end = len(layers)
         node = self._root
-        for depth, layer in enumerate(record.layers, start=1):
-            child = node.children.get(layer)
-            if child is None:
-                child = node.children[layer] = _Node(node, layer, depth)
-            node = child
+        position = 0
+        while position < end:
+            child = node.children.get(layers[position])
+            if child is None:  # nothing shares the rest: one new edge
+                child = _Node(node, layers[position:], end)
+                node.children[layers[position]] = child
+                node = child
+                break
+            label = child.label
+            stop = position + len(label)
+            if layers[position:stop] == label:  # the whole edge matches: go down it
+                node = child
+                position = stop
+                continue
+            # The edge and the layers part after ``common`` layers: split the edge there.
+            common = 1
+            while position + common < end and layers[position + common] == label[common]:
+                common += 1
+            middle = _Node(node, label[:common], node.depth + common)
+            node.children[layers[position]] = middle
+            child.label = label[common:]
+            child.parent = middle
+            middle.children[child.label[0]] = child
+            node = middle
+            position += common
         images = node.images
         images.append(record)
         if len(images) > 1:
             images.sort(key=_record_key)
+            node.refs = [_reference(image) for image in images]
+        else:
+            node.refs = [_reference(record)]
         if record.marked:
             node.marked += 1
         self._records[record.key] = record
@@ -265,18 +335,25 @@ class AncestryIndex:
         node = self._nodes.pop(key)
         del self._records[key]
         node.images = [other for other in node.images if other.key != key]
+        node.refs = [_reference(image) for image in node.images]
         if record.marked:
             node.marked -= 1
         return node
 
     @staticmethod
-    def _prune(node: _Node | None) -> None:
-        """Drop nodes that no longer lead to any image, from ``node`` upwards."""
-        while (
-            node is not None and node.parent is not None and not node.images and not node.children
-        ):
-            del node.parent.children[node.layer]
-            node = node.parent
+    def _prune(node: _Node) -> None:
+        """Restore the compression after ``node`` lost images: a node without images
+        must branch (two children or more), else it goes, and so may its parent."""
+        while node.parent is not None and not node.images and len(node.children) < 2:
+            parent = node.parent
+            if node.children:  # one child: it takes over this node's edge
+                (child,) = node.children.values()
+                child.label = node.label + child.label
+                child.parent = parent
+                parent.children[node.label[0]] = child
+                return
+            del parent.children[node.label[0]]
+            node = parent
 
     @staticmethod
     def _keys_below(node: _Node) -> set[ImageKey]:

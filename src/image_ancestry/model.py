@@ -60,6 +60,7 @@ _DNS_SUBDOMAIN_RE = re.compile(
     r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
 )
 _DNS_SUBDOMAIN_MAX = 253
+_REFERENCE_RE = re.compile(r"\S+")
 
 
 def quote(value: object, limit: int = 80) -> str:
@@ -152,7 +153,7 @@ def parse_mark(value: str | None) -> MarkState:
 def _check_image_reference(value: str) -> str:
     # Deliberately loose: references have many dialects (ports, digests, localhost), and
     # the gate normalises them later. Reject only what cannot be a reference at all.
-    if not value or any(ch.isspace() for ch in value):
+    if not _REFERENCE_RE.fullmatch(value):
         raise ValueError(
             f"{quote(value)} is not an image reference: expected e.g. registry.example.com/app:v1"
         )

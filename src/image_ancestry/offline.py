@@ -27,7 +27,12 @@ REPORT_KIND = "AncestryReport"
 NONE = "<none>"  # what kubectl prints for an empty column
 TABLE_COLUMNS = ("NAMESPACE", "NAME", "IMAGE", "LAYERS", "PARENT", "BASE", "REASON")
 
-_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """libyaml's dumper when present; never ``&id001`` anchors for the shared parts."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def register(subparsers: Any) -> None:
@@ -90,12 +95,16 @@ def _run(args: argparse.Namespace, render: Callable[[AncestryIndex], str]) -> in
     """Load, render, print: the error handling both commands share."""
     # A short-lived process building a large object graph: the cyclic collector would only
     # rescan it, again and again (it is most of the run time at 30k images).
+    collecting = gc.isenabled()
     gc.disable()
     try:
         text = render(_load_index(args))
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if collecting:  # main() may run inside a longer process (tests, scripts)
+            gc.enable()
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -114,9 +123,9 @@ def run_compute(args: argparse.Namespace) -> int:
 
 def report(index: AncestryIndex) -> dict[str, Any]:
     """The AncestryReport: every image's status, sorted by namespace then name."""
+    statuses = dict(index.statuses())  # shares equal parts between images: read-only here
     items = [
-        {"namespace": key[0], "name": key[1], "status": index.status(key)}
-        for key in sorted(index.keys())
+        {"namespace": key[0], "name": key[1], "status": statuses[key]} for key in sorted(statuses)
     ]
     return {"apiVersion": API_VERSION, "kind": REPORT_KIND, "items": items}
 
