@@ -217,14 +217,19 @@ class AncestryIndex:
                         },
                     )
                 # What the images below see of this node.
-                chain = [{**ref, "layerCount": depth} for ref in refs] + chain
-                del chain[MAX_LISTED_ANCESTORS:]  # the closest ones stay listed
+                if len(refs) == 1:  # the common case, without a comprehension's frame
+                    chain = [{**refs[0], "layerCount": depth}, *chain]
+                else:
+                    chain = [{**ref, "layerCount": depth} for ref in refs] + chain
+                if len(chain) > MAX_LISTED_ANCESTORS:
+                    del chain[MAX_LISTED_ANCESTORS:]  # the closest ones stay listed
                 count += len(refs)
                 parent = dict(refs[0])
                 if enabled and node.marked:  # a closer mark overrides the ones above
                     marked = next(r for r, i in zip(refs, node.images, strict=True) if i.marked)
                     marked = dict(marked)
-            stack.extend((child, chain, count, parent, marked) for child in node.children.values())
+            for child in node.children.values():
+                stack.append((child, chain, count, parent, marked))
 
     def children(self, key: ImageKey) -> list[ImageKey]:
         """The images whose parent ``key`` is, sorted by key.
