@@ -3,8 +3,9 @@
     .venv/bin/python -P benchmarks/engine.py            # the full run (a few minutes)
     .venv/bin/python -P benchmarks/engine.py --quick    # smaller sizes, for a smoke test
 
-(``-P``: without it the script's folder comes first on sys.path, and a sibling named like a
-standard module, benchmarks/operator.py, shadows it.)
+(Plain ``python benchmarks/engine.py`` works too: the script drops its own folder from
+sys.path first, because a sibling named like a standard module, benchmarks/operator.py,
+would shadow it.)
 
 Figures (issue 3's targets in brackets):
 - build the index and compute every status for realistic forests of 1k, 10k, 100k images
@@ -23,15 +24,19 @@ shared; the load average is printed with them.
 
 from __future__ import annotations
 
+import os
+import sys
+
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # see the docstring: benchmarks/operator.py is not the stdlib's operator
+
 import argparse
 import gc
 import json
-import os
 import random
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc

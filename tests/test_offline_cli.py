@@ -363,3 +363,11 @@ def test_yaml_output_has_no_anchors_for_shared_parts(tmp_path: Path, capsys: Any
     assert "&id" not in out and "*id" not in out
     items = {item["name"]: item["status"] for item in yaml.safe_load(out)["items"]}
     assert items["t1"] == items["t2"] and items["t1"]["parent"]["name"] == "base"
+
+
+def test_no_images_is_an_empty_report_with_a_warning(tmp_path: Path, capsys: Any) -> None:
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    code, out, err = run(capsys, "compute", str(write(tmp_path / "cm.yaml", [other])))
+    assert code == 0
+    assert statuses(out) == {}
+    assert err.startswith("warning: no ContainerImage manifests found in ")

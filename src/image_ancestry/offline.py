@@ -21,7 +21,7 @@ from image_ancestry import API_VERSION
 from image_ancestry.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from image_ancestry.engine import MARKED_BASE_IMAGE, AncestryIndex
 from image_ancestry.manifests import load_container_images
-from image_ancestry.model import ManifestError
+from image_ancestry.model import KIND, ManifestError
 
 REPORT_KIND = "AncestryReport"
 NONE = "<none>"  # what kubectl prints for an empty column
@@ -81,6 +81,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _load_index(args: argparse.Namespace) -> AncestryIndex:
     """Read, validate and index the manifests; warnings about marks go to stderr."""
     images = load_container_images(args.paths, warn=_warn)
+    if not images:  # not an error (an empty report is valid), but rarely what was meant
+        _warn(f"no {KIND} manifests found in {' '.join(args.paths)}")
     return AncestryIndex.build(
         (image.to_record() for image in images),
         user_base_image_enabled=not args.disable_user_base_image,
