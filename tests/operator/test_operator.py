@@ -64,9 +64,11 @@ def test_seed_examples_end_to_end(
     assert "parent" not in root and "baseImage" not in root  # null: no ancestor, no base
 
     # kubectl's columns come from the CRD: NAME IMAGE LAYERS PARENT BASE AGE, wide adds REASON
+    # and INTRODUCED (base comparison; empty here: no VulnerabilityReports)
     table = images.cluster.kubectl("get", "cimg", "-n", ns["team-a"], "-o", "wide")
     header, *rows = table.splitlines()
-    assert header.split() == ["NAME", "IMAGE", "LAYERS", "PARENT", "BASE", "AGE", "REASON"]
+    columns = ["NAME", "IMAGE", "LAYERS", "PARENT", "BASE", "AGE", "REASON", "INTRODUCED"]
+    assert header.split() == columns
     row = next(r.split() for r in rows if r.startswith("myapp-v1"))
     assert row[1:5] == [
         myapp["spec"]["image"],

@@ -464,3 +464,42 @@ class VulnerabilityIndex:
             if after != before:
                 changed.add(key)
         return changed
+
+
+# --- the stored form ---------------------------------------------------------------------------
+
+_COUNT_KEYS = ("total", "introduced", "inheritedFromBase")
+
+
+def stored_form(status: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``status.vulnerabilities`` as the API server keeps it after a JSON merge patch: a null
+    removes its key, so the contract's ``introduced: null`` is stored as no ``introduced``.
+    Comparing this form with a stored status tells whether a write is needed."""
+    if status is None:
+        return None
+    result: dict[str, Any] = {
+        key: value for key, value in status.items() if value is not None and key != "bySeverity"
+    }
+    result["bySeverity"] = {
+        severity: {key: value for key, value in counts.items() if value is not None}
+        for severity, counts in (status.get("bySeverity") or {}).items()
+    }
+    return result
+
+
+def merge_patch_value(stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The merge-patch value that makes a stored ``status.vulnerabilities`` exactly
+    ``stored``: every key of the shape named, absent ones as null, so that nothing of an
+    earlier value (a ``baseReport``, an ``introduced`` count) survives the merge."""
+    if stored is None:
+        return None
+    by_severity = stored.get("bySeverity") or {}
+    return {
+        "report": stored.get("report"),
+        "baseReport": stored.get("baseReport"),
+        **{key: stored.get(key) for key in _COUNT_KEYS},
+        "bySeverity": {
+            severity: {key: (by_severity.get(severity) or {}).get(key) for key in _COUNT_KEYS}
+            for severity in (*SEVERITIES, *(s for s in by_severity if s not in _RANK))
+        },
+    }

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from image_ancestry import API_VERSION, GROUP, VERSION
+from image_ancestry.compare.feed import ReportFeed
 from image_ancestry.engine import AncestryIndex, ImageKey
 from image_ancestry.model import MARK_ANNOTATION, ContainerImage, ManifestError
 from image_ancestry.operator import status as st
@@ -94,6 +95,7 @@ class Controller:
         self.kube = kube
         self.options = options
         self.index = AncestryIndex()
+        self.reports = ReportFeed()  # base comparison: status.vulnerabilities
         self.objects: dict[ImageKey, Tracked] = {}
         self.writer = StatusWriter(
             compute=self.job,
@@ -225,6 +227,7 @@ class Controller:
             for key in ghosts:
                 logger.info("forgetting %s/%s: gone while the watch was away", *key)
                 self._forget(key)
+        self.writer.mark(await self.reports.relist(self.kube))
         self._epoch = None
         self._images_synced = True
         logger.info(
@@ -298,11 +301,19 @@ class Controller:
         self.objects[key] = tracked
         changed = self.index.upsert(record) if record is not None else self.index.remove(key)
         changed.add(key)
-        self.writer.mark(changed)
+        self.writer.mark(changed | self.reports.sync_images(self.index, changed))
 
     def _forget(self, key: ImageKey) -> None:
         self.objects.pop(key, None)
-        self.writer.mark(self.index.remove(key))
+        changed = self.index.remove(key)
+        self.writer.mark(changed | self.reports.sync_images(self.index, changed | {key}))
+
+    def on_report_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        """One watch event of a VulnerabilityReport (``event_type`` None: from a listing)."""
+        try:
+            self.writer.mark(self.reports.on_event(event_type, obj))
+        except Exception:  # one bad object never stops the operator
+            logger.exception("could not process a VulnerabilityReport")
 
     def on_configmap(self, configmap: dict[str, Any] | None) -> None:
         reading = read_flag(configmap)
@@ -320,7 +331,8 @@ class Controller:
             self._config_warning = None
             if reading.value != self.index.user_base_image_enabled:
                 logger.info("enable_user_base_image is now %s", str(reading.value).lower())
-            self.writer.mark(self.index.set_user_base_image_enabled(reading.value))
+            changed = self.index.set_user_base_image_enabled(reading.value)
+            self.writer.mark(changed | self.reports.sync_images(self.index, changed))
         if configmap is not None:
             self._configmap_ref = {
                 "apiVersion": "v1",
@@ -355,6 +367,7 @@ class Controller:
             annotations=tracked.annotations,
             stored=tracked.stored,
             error=tracked.error,
+            vulnerabilities=self.reports.status(key),
         )
         if st.matches(desired, tracked.stored):
             return None

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from image_ancestry import GROUP, VERSION
+from image_ancestry.compare.vulnerabilities import REPORT_GROUP, REPORT_PLURAL, REPORT_VERSION
 from image_ancestry.operator.controller import PLURAL, Controller
 
 logger = logging.getLogger(__name__)
@@ -58,5 +59,12 @@ def build_registry(controller: Controller) -> Any:
     async def containerimage_event(**kwargs: Any) -> None:
         event = kwargs["event"]
         controller.on_image_event(event.get("type"), event.get("object") or {})
+
+    # trivy-operator's reports, in any namespace. kopf watches CRDs and starts this watch
+    # when the VulnerabilityReport CRD appears, so it need not be installed at start.
+    @kopf.on.event(REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, registry=registry)
+    async def vulnerabilityreport_event(**kwargs: Any) -> None:
+        event = kwargs["event"]
+        controller.on_report_event(event.get("type"), event.get("object") or {})
 
     return registry

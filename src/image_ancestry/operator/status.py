@@ -2,8 +2,9 @@
 
 The operator owns these keys of ``status``: the contract's ``layerCount``, ``ancestorCount``,
 ``ancestors``, ``parent`` and ``baseImage`` (from :meth:`AncestryIndex.status`), plus
-``observedGeneration``, the ``Ready`` condition and ``declaredBase``. Other keys (e.g.
-``vulnerabilities``) and other conditions are left as they are.
+``observedGeneration``, the ``Ready`` condition, ``declaredBase`` and ``vulnerabilities``
+(base comparison, :mod:`image_ancestry.compare`). Other keys and conditions are left as they
+are.
 
 A missing value is written as JSON merge-patch ``null``, which removes the key: ``parent:
 null`` in the contract reads as "no ``parent`` key" in the stored object. The patch names every
@@ -16,6 +17,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
+from image_ancestry.compare.vulnerabilities import merge_patch_value
 from image_ancestry.model import MARK_ANNOTATION
 from image_ancestry.references import try_normalise
 
@@ -34,6 +36,7 @@ OWNED_KEYS = (
     "parent",
     "baseImage",
     "declaredBase",
+    "vulnerabilities",
     "conditions",
 )
 _REFERENCE_KEYS = {
@@ -137,9 +140,11 @@ def desired_status(
     annotations: Mapping[str, str],
     stored: Mapping[str, Any],
     error: str | None = None,
+    vulnerabilities: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every owned key's desired value (None: absent). ``engine_status`` is None for an
-    object the engine does not hold (its spec is invalid: ``error`` says why)."""
+    object the engine does not hold (its spec is invalid: ``error`` says why);
+    ``vulnerabilities`` is already in stored form (nulls left out, see ``compare``)."""
     desired: dict[str, Any] = dict.fromkeys(OWNED_KEYS)
     desired["observedGeneration"] = generation
     if engine_status is None:
@@ -148,6 +153,7 @@ def desired_status(
         for key in ("layerCount", "ancestorCount", "ancestors", "parent", "baseImage"):
             desired[key] = engine_status.get(key)
         desired["declaredBase"] = declared_base(annotations, engine_status.get("baseImage"))
+        desired["vulnerabilities"] = vulnerabilities
         message = computed_message(engine_status, annotations.get(MARK_ANNOTATION))
         ready = _ready(True, COMPUTED, message, generation, stored)
     desired["conditions"] = _conditions(ready, stored)
@@ -171,6 +177,8 @@ def merge_patch(desired: Mapping[str, Any]) -> dict[str, Any]:
         subkeys = _REFERENCE_KEYS.get(key)
         if isinstance(value, dict) and subkeys is not None:
             value = {sub: value.get(sub) for sub in subkeys}
+        elif key == "vulnerabilities":
+            value = merge_patch_value(value)
         patch[key] = value
     return {"status": patch}
 
