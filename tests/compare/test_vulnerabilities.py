@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from image_ancestry.compare.feed import ReportFeed
 from image_ancestry.compare.vulnerabilities import (
     SEVERITIES,
     Finding,
@@ -17,7 +18,9 @@ from image_ancestry.compare.vulnerabilities import (
     VulnerabilityIndex,
     choose_report,
     classify,
+    merge_patch_value,
     report_from_manifest,
+    stored_form,
     vulnerabilities_status,
 )
 from image_ancestry.engine import AncestryIndex, ImageRecord
@@ -312,3 +315,65 @@ def test_index_matches_a_naive_recomputation(operations: list[tuple[Any, ...]]) 
         moved = {k for k in IMAGE_KEYS if before.get(k) != after.get(k)}
         assert changed == moved
         before = after
+
+
+# --- the stored form and the operator's feed ---------------------------------------------------
+
+
+def merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge(result.get(key), value)
+    return result
+
+
+maybe_report = st.one_of(
+    st.none(),
+    st.tuples(st.sampled_from(["r1", "r2"]), st.sets(st.sampled_from(PAIRS))).map(
+        lambda t: record(t[0], pairs=tuple(sorted(t[1])))
+    ),
+)
+
+
+@given(maybe_report, maybe_report, maybe_report, maybe_report)
+def test_the_merge_patch_turns_any_stored_value_into_the_new_one(
+    old: ReportRecord | None,
+    old_base: ReportRecord | None,
+    new: ReportRecord | None,
+    new_base: ReportRecord | None,
+) -> None:
+    before = stored_form(vulnerabilities_status(old, old_base))
+    after = stored_form(vulnerabilities_status(new, new_base))
+    stored = {} if before is None else {"vulnerabilities": before}
+    patched = merge(stored, {"vulnerabilities": merge_patch_value(after)})
+    assert patched.get("vulnerabilities") == after
+    if after is not None:
+        assert None not in after.values()
+
+
+def test_the_feed_keeps_the_newest_version_and_drops_bad_reports() -> None:
+    feed = ReportFeed()
+    image = ("t", "app")
+    feed.index.upsert_image(image, ImageTarget(D1, None), None)
+    obj = vulnerability_report("t", "r", [finding("CVE-1", "a")], artifact_digest=D1)
+    obj["metadata"]["resourceVersion"] = "10"
+    assert feed.on_event(None, obj) == {image}
+    assert feed.status(image)["total"] == 1  # type: ignore[index]
+    assert "introduced" not in feed.status(image)  # type: ignore[operator]
+    stale = vulnerability_report("t", "r", [], artifact_digest=D1)
+    stale["metadata"]["resourceVersion"] = "9"
+    assert feed.on_event("MODIFIED", stale) == set()  # a late event of an older state
+    broken = vulnerability_report("t", "r", [{"severity": "LOW"}], artifact_digest=D1)
+    broken["metadata"]["resourceVersion"] = "11"
+    assert feed.on_event("MODIFIED", broken) == {image}  # unreadable: counts for nothing
+    assert feed.status(image) is None
+    obj["metadata"]["resourceVersion"] = "12"
+    assert feed.on_event("MODIFIED", obj) == {image}
+    assert feed.on_event("DELETED", obj) == {image}
+    assert feed.status(image) is None
