@@ -108,7 +108,7 @@ def local_configuration(name: str, url: str, ca_bundle: bytes) -> dict[str, Any]
             },
         },
         "webhooks": [
-            webhook_entry({"url": url, "caBundle": tls._b64(ca_bundle)}),
+            webhook_entry({"url": url, "caBundle": tls.b64(ca_bundle)}),
         ],
     }
 
@@ -158,6 +158,7 @@ class AncestryWebhook:
         self.options = options
         self.watcher = AdminConfigWatcher(client, options.namespace)
         self._dir: Path | None = None
+        self._ca_bundle: bytes | None = None  # cluster mode: the bundle last put in place
 
     # --- the handler ---------------------------------------------------------------------
 
@@ -248,7 +249,10 @@ class AncestryWebhook:
                         guard = asyncio.get_running_loop().create_task(
                             self._guard_local(url, cert.ca_bundle)
                         )
-                yield client_config
+                    yield client_config
+                else:
+                    # kopf reports its listening address; the API server calls the Service.
+                    yield self.service_client_config(self._ca_bundle or cert.ca_bundle)
         finally:
             for task in (resync, guard):
                 if task is not None:
@@ -258,6 +262,19 @@ class AncestryWebhook:
             await self.watcher.stop()
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
+
+    def service_client_config(self, ca_bundle: bytes) -> dict[str, Any]:
+        """The in-cluster clientConfig: the Service in front of every replica (no handler id:
+        wrappers append theirs, as to a URL)."""
+        return {
+            "service": {
+                "name": self.options.service,
+                "namespace": self.options.namespace,
+                "port": SERVICE_PORT,
+                "path": "",
+            },
+            "caBundle": tls.b64(ca_bundle),
+        }
 
     async def _certificate(self) -> tls.ServingCert:
         if self.options.mode == "local":
@@ -291,6 +308,7 @@ class AncestryWebhook:
                 self.options.configuration_name,
                 exc,
             )
+        self._ca_bundle = data["ca.crt"]
         return tls.ServingCert(cert_path, key_path, data["ca.crt"])
 
     async def _resync(self, cert: tls.ServingCert) -> None:

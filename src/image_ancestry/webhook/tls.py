@@ -97,7 +97,7 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
     ]
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
@@ -173,9 +173,9 @@ def new_secret_data(dns_names: list[str], previous_ca: bytes = b"") -> dict[str,
     kept = [c for c in _load_certs(previous_ca) if c.not_valid_after_utc > now]
     bundle = ca.cert_pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in kept[:1])
     return {
-        "tls.crt": _b64(serving.cert_pem),
-        "tls.key": _b64(serving.key_pem),
-        "ca.crt": _b64(bundle),
+        "tls.crt": b64(serving.cert_pem),
+        "tls.key": b64(serving.key_pem),
+        "ca.crt": b64(bundle),
     }
 
 
@@ -239,7 +239,7 @@ async def patch_ca_bundle(
     """
     from image_ancestry.operator.kube import ApiError
 
-    encoded = _b64(ca_bundle)
+    encoded = b64(ca_bundle)
     for _ in range(5):
         obj = await client.request("GET", f"{WEBHOOKS_PATH}/{configuration}")
         changed = False
