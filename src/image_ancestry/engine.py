@@ -112,7 +112,7 @@ class AncestryIndex:
         gc.disable()
         try:
             for record in records:
-                if record.key in index._records:
+                if (record.namespace, record.name) in index._records:
                     raise ValueError(f"duplicate image {record.namespace}/{record.name}")
                 index._attach(record)
         finally:
@@ -159,7 +159,9 @@ class AncestryIndex:
             if refs:
                 if parent is None:
                     parent = refs[0]
-                if count < MAX_LISTED_ANCESTORS:
+                if len(refs) == 1 and count < MAX_LISTED_ANCESTORS:  # the common case
+                    ancestors.append({**refs[0], "layerCount": above.depth})
+                elif count < MAX_LISTED_ANCESTORS:
                     depth = above.depth
                     for ref in refs[: MAX_LISTED_ANCESTORS - count]:
                         ancestors.append({**ref, "layerCount": depth})
@@ -330,8 +332,9 @@ class AncestryIndex:
             node.refs = [_reference(record)]
         if record.marked:
             node.marked += 1
-        self._records[record.key] = record
-        self._nodes[record.key] = node
+        key = (record.namespace, record.name)
+        self._records[key] = record
+        self._nodes[key] = node
         return node
 
     def _detach(self, record: ImageRecord) -> _Node:
