@@ -29,7 +29,7 @@ def layers(*names: str) -> tuple[str, ...]:
     return tuple(digest("layer-" + name) for name in names)
 
 
-FOREST: dict[str, tuple[tuple[str, ...], str | None, bool, bool]] = {
+FOREST: dict[str, tuple[tuple[str, ...], str, bool, bool]] = {
     # name: (layers, image, has digest, marked)
     "debian-9": (("a", "b"), "r.example/debian:9", True, False),
     "debian-10": (("a", "c"), "r.example/debian:10", True, False),
@@ -42,18 +42,22 @@ FOREST: dict[str, tuple[tuple[str, ...], str | None, bool, bool]] = {
 }
 
 
-def image_digest(name: str) -> str:
-    return digest("manifest-" + name)
+def image_digest(name: str, salt: str = "") -> str:
+    return digest(f"manifest-{salt}{name}")
 
 
-def records(namespace: str = PLATFORM) -> list[ImageRecord]:
+def records(
+    namespace: str = PLATFORM, salt: str = "", registry: str = "r.example"
+) -> list[ImageRecord]:
+    """The forest; ``salt`` makes its layers and digests unique (cluster tests share one
+    API server), ``registry`` replaces ``r.example`` in its references."""
     return [
         ImageRecord(
             namespace=namespace,
             name=name,
-            layers=layers(*names),
-            image=image,
-            digest=image_digest(name) if has_digest else None,
+            layers=tuple(digest(f"layer-{salt}{layer}") for layer in names),
+            image=image.replace("r.example", registry, 1),
+            digest=image_digest(name, salt) if has_digest else None,
             marked=marked,
         )
         for name, (names, image, has_digest, marked) in FOREST.items()

@@ -12,6 +12,7 @@ from image_ancestry.policy.gate import (
     Decision,
     Gate,
     ImageLookup,
+    LookupIndex,
     PolicySet,
     containers_of,
     normalise_glob,
@@ -389,3 +390,20 @@ def test_many_violations_are_summarised() -> None:
     decision = decide(gate, *(f"r.example/unknown-{i}:1" for i in range(13)))
     assert decision.message.endswith("; and 3 more")
     assert len(decision.violations) == 13
+
+
+def test_lookup_index_keeps_its_lookup_in_step() -> None:
+    index = LookupIndex.build(records())
+    assert len(index.lookup) == len(index) and index.version == 0
+    assert index.lookup.resolve("r.example/app:v1").candidates == ((PLATFORM, "app"),)
+    app = index.get((PLATFORM, "app"))
+    assert app is not None
+    index.upsert(dataclasses.replace(app, image="r.example/app:v9"))
+    assert index.lookup.resolve("r.example/app:v9").candidates == ((PLATFORM, "app"),)
+    assert index.lookup.resolve("r.example/app:v1").candidates == ()
+    index.remove(app.key)
+    assert index.lookup.resolve("r.example/app:v9").candidates == ()
+    assert index.set_user_base_image_enabled(False)  # app is gone; node still has golden above
+    assert index.version == 3
+    index.remove(app.key)  # unknown now: nothing changes
+    assert index.version == 3

@@ -118,15 +118,20 @@ def audit(
     workloads: Iterable[Workload],
     namespace_labels: Mapping[str, Mapping[str, str]],
     owned: WorkloadStore | None = None,
+    results: dict[str, PolicyAudit] | None = None,
 ) -> dict[str, PolicyAudit]:
     """Every policy's audit (every policy in ``gate.policies`` has an entry).
 
     ``namespace_labels`` maps namespace names to their labels; a namespace missing from it
     is taken to carry only ``kubernetes.io/metadata.name``, as the API server labels every
     namespace. ``owned`` (the store ``workloads`` come from) lets owned objects be counted
-    through their owner.
+    through their owner. ``results`` accumulates over several calls, so a caller can audit
+    a large store in chunks (the operator does, to keep admission requests flowing).
     """
-    results = {policy.name: PolicyAudit() for policy in gate.policies}
+    if results is None:
+        results = {}
+    for policy in gate.policies:
+        results.setdefault(policy.name, PolicyAudit())
     for workload in sorted(workloads, key=lambda w: w.key):
         if owned is not None and workload.controller_uid and owned.has_uid(workload.controller_uid):
             continue
@@ -143,7 +148,7 @@ def audit(
         for violation in decision.violations:
             failed.setdefault(violation.policy, violation.message)
         for policy in policies:
-            result = results[policy.name]
+            result = results.setdefault(policy.name, PolicyAudit())
             result.checked += 1
             message = failed.get(policy.name)
             if message is None:

@@ -235,6 +235,47 @@ def _discard(table: dict[str, set[ImageKey]], value: str, key: ImageKey) -> None
             del table[value]
 
 
+class LookupIndex(AncestryIndex):
+    """An :class:`~image_ancestry.engine.AncestryIndex` that keeps an :class:`ImageLookup`
+    in step with every write, and counts writes (:attr:`version`) so the audit knows when
+    images changed. The operator uses it in place of a plain index; reads are unchanged."""
+
+    def __init__(self, user_base_image_enabled: bool = True) -> None:
+        super().__init__(user_base_image_enabled)
+        self.lookup = ImageLookup()
+        self.version = 0
+
+    @classmethod
+    def build(
+        cls, records: Iterable[ImageRecord], user_base_image_enabled: bool = True
+    ) -> LookupIndex:
+        index = super().build(records, user_base_image_enabled)
+        assert isinstance(index, LookupIndex)
+        index.lookup = ImageLookup.from_index(index)
+        return index
+
+    def upsert(self, record: ImageRecord) -> set[ImageKey]:
+        if self.get(record.key) != record:  # even a change no status shows: a new reference
+            self.version += 1
+        changed = super().upsert(record)
+        self.lookup.upsert(record)
+        return changed
+
+    def remove(self, key: ImageKey) -> set[ImageKey]:
+        present = key in self
+        changed = super().remove(key)
+        self.lookup.remove(key)
+        if present:
+            self.version += 1
+        return changed
+
+    def set_user_base_image_enabled(self, enabled: bool) -> set[ImageKey]:
+        changed = super().set_user_base_image_enabled(enabled)
+        if changed:
+            self.version += 1
+        return changed
+
+
 # --- matchers ------------------------------------------------------------------------------
 
 _HOSTLIKE = re.compile(r"[^/]*[.:][^/]*|localhost")
