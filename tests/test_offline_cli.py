@@ -371,3 +371,34 @@ def test_no_images_is_an_empty_report_with_a_warning(tmp_path: Path, capsys: Any
     assert code == 0
     assert statuses(out) == {}
     assert err.startswith("warning: no ContainerImage manifests found in ")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "words"),
+    [
+        (
+            "alias.yaml",
+            "kind: ContainerImage\napiVersion: imageancestry.io/v1alpha1\n"
+            "metadata: {name: a}\nspec:\n  layers: &x [*x]\n",
+            "spec.layers[0]",
+        ),
+        ("tag.yaml", "!!python/object:os.system {}\n", "could not determine a constructor"),
+        (
+            "huge.yaml",
+            "kind: ContainerImage\nspec: {layers: [" + "9" * 5000 + "]}\n",
+            "document 1: a value cannot be read",
+        ),
+        (
+            "huge.json",
+            '{"kind": "ContainerImage", "n": ' + "9" * 5000 + "}",
+            "a value cannot be read",
+        ),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("deep.yaml", "[" * 20_000 + "]" * 20_000, "YAML does not parse"),
+    ],
+)
+def test_hostile_files(tmp_path: Path, capsys: Any, name: str, text: str, words: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    err = assert_input_error(capsys, "compute", str(path))
+    assert str(path) in err and words in err

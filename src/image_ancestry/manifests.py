@@ -189,6 +189,8 @@ def _documents(source: str, text: str) -> Iterator[Document]:
                     source=source,
                 ) from None
             # YAML flow style also starts with "{"; let the YAML parser have its say.
+        except ValueError as exc:  # a number past Python's 4300-digit conversion limit
+            raise ManifestError(f"a value cannot be read: {exc}", source=source) from None
         else:
             yield from _objects(source, 1, decoded, None)
             return
@@ -208,6 +210,8 @@ def _yaml_documents(source: str, text: str) -> Iterator[Document]:
             if decoded is None:  # an empty document, as between two "---"
                 continue
             yield from _objects(source, index, decoded, node.start_mark.line + 1)
+    except ManifestError:  # ours, from _objects: already says where
+        raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -217,6 +221,10 @@ def _yaml_documents(source: str, text: str) -> Iterator[Document]:
         raise ManifestError(f"YAML does not parse: {exc}", source=source) from None
     except RecursionError:
         raise ManifestError("YAML nested too deeply to read", source=source) from None
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise ManifestError(
+            f"document {index}: a value cannot be read: {exc}", source=source
+        ) from None
     finally:
         loader.dispose()
 
