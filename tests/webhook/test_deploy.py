@@ -341,3 +341,35 @@ def test_the_service_account_may_do_nothing_else(
         "auth", "can-i", f"--as={SA_USER}", "get", "secrets/image-ancestry-webhook-tls",
         "-n", NAMESPACE,
     ).strip() == "yes"  # fmt: skip
+
+
+def test_cert_manager_component_mounts_its_certificate_and_injects_the_ca(
+    tmp_path: Path,
+) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = os.path.relpath(DEPLOY, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": [base], "components": [f"{base}/cert-manager"]})
+    )
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=True
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    certificate = one(docs, "Certificate")
+    assert certificate["metadata"]["namespace"] == NAMESPACE
+    assert certificate["spec"]["dnsNames"] == tls.service_dns_names(server.SERVICE_NAME, NAMESPACE)
+    vwc = one(docs, "ValidatingWebhookConfiguration")
+    assert vwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{NAMESPACE}/{certificate['metadata']['name']}"
+    )
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "POD_NAMESPACE" in env  # merged, not replaced
+    cert_dir = env["IMAGE_ANCESTRY_WEBHOOK_CERT_DIR"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cert_dir]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    # The operator's generated Secret is another one: it never overwrites cert-manager's.
+    assert certificate["spec"]["secretName"] != tls.SECRET_NAME
