@@ -232,9 +232,9 @@ def memory(records: list[ImageRecord]) -> None:
 
 
 def naive_vs_engine(records: list[ImageRecord]) -> None:
-    naive_wall, naive_cpu = best_of(2, lambda: naive_ancestry.all_statuses(records, True))
+    naive_wall, naive_cpu = best_of(3, lambda: naive_ancestry.all_statuses(records, True))
     for label, work in (("bulk", build_and_all_statuses), ("each", build_and_status_each)):
-        wall, cpu = best_of(5, lambda work=work: work(records))
+        wall, cpu = best_of(20, lambda work=work: work(records))
         print(
             f"  {len(records):>6} images: naive {naive_wall:.3f} s wall / {naive_cpu:.3f} s CPU, "
             f"engine ({label}) {wall * 1e3:.1f} ms / {cpu * 1e3:.1f} ms: "

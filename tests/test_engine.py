@@ -267,3 +267,26 @@ def test_moving_an_ancestor_along_the_path_past_the_cap() -> None:
     top = images[-1].key
     assert top not in changed  # i000 is neither listed nor base for the top image
     assert images[2].key in changed
+
+
+A, B, C, D = LAYERS
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "related"),
+    [
+        ((A, B), (A, B, C), True),  # a proper prefix: ancestor
+        ((A, B), (A, B), False),  # identical lists: neither is the other's ancestor
+        ((A, B), (C, A, B), False),  # a superset that is no prefix (rule 1)
+        ((A, B), (A, C, B), False),  # the same layers, another order
+        ((A,), (A, A), True),  # a digest repeated inside one list (the empty layer)
+        ((A, A), (A, A, A, B), True),
+        ((A, B, C), (A, B, D), False),  # siblings over a shared prefix that is no image
+    ],
+)
+def test_rule_one(first: tuple[str, ...], second: tuple[str, ...], related: bool) -> None:
+    one, two = ImageRecord("ns", "one", first), ImageRecord("ns", "two", second)
+    index = AncestryIndex.build([one, two])
+    assert (index.status(two.key)["ancestorCount"] == 1) is related
+    assert index.status(one.key)["ancestorCount"] == 0
+    assert index.roots() == ([one.key] if related else [one.key, two.key])
