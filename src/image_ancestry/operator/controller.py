@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,7 +72,7 @@ class Tracked:
     resource_version: str
     generation: int | None
     annotations: dict[str, str]
-    stored: dict[str, Any]
+    stored: dict[str, Any]  # status.compact() of the stored status
     error: str | None = None
 
 
@@ -277,12 +279,7 @@ class Controller:
             return  # a late event of an older incarnation or state
         annotations = meta.get("annotations") or {}
         kept = {k: str(annotations[k]) for k in _KEPT_ANNOTATIONS if k in annotations}
-        raw_status = obj.get("status")
-        stored = (
-            {k: raw_status[k] for k in st.OWNED_KEYS if k in raw_status}
-            if isinstance(raw_status, dict)
-            else {}
-        )
+        stored = st.compact(obj.get("status"))
         generation = meta.get("generation")
         tracked = Tracked(
             uid=uid,
@@ -293,6 +290,8 @@ class Controller:
         )
         try:
             record = ContainerImage.from_manifest(obj, source="cluster").to_record()
+            # Images share most layers: one string per digest, not one per image and layer.
+            record = dataclasses.replace(record, layers=tuple(map(sys.intern, record.layers)))
         except ManifestError as exc:
             tracked.error = str(exc)
             record = None

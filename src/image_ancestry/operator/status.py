@@ -14,6 +14,8 @@ owned key and every reference sub-key, so it is right whatever the stored object
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,9 +162,38 @@ def desired_status(
     return desired
 
 
+def fingerprint(owned: Mapping[str, Any]) -> bytes:
+    """A 16-byte digest of the owned keys that are present (None counts as absent)."""
+    present = {key: owned[key] for key in OWNED_KEYS if owned.get(key) is not None}
+    text = json.dumps(present, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def compact(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the controller keeps of a stored status: a fingerprint of the owned keys, the
+    conditions (to keep transition times and other conditions) and the base's identity.
+
+    Keeping the whole status would hold every ancestors list twice (once computable from the
+    index): at 5k images that is some 20 MiB of the operator's memory for nothing.
+    """
+    if not isinstance(status, Mapping):
+        status = {}
+    kept: dict[str, Any] = {"fingerprint": fingerprint(status)}
+    if status.get("conditions") is not None:
+        kept["conditions"] = status["conditions"]
+    base = status.get("baseImage")
+    if isinstance(base, Mapping):
+        kept["baseImage"] = {k: base.get(k) for k in ("namespace", "name", "reason")}
+    return kept
+
+
 def matches(desired: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:
-    """Whether the stored status already holds every owned key as desired (absent = None)."""
-    return all(stored.get(key) == desired[key] for key in OWNED_KEYS)
+    """Whether the stored status (full, or :func:`compact`) already holds every owned key
+    as desired (absent = None)."""
+    stored_print = stored.get("fingerprint")
+    if not isinstance(stored_print, bytes):
+        stored_print = fingerprint(stored)
+    return fingerprint(desired) == stored_print
 
 
 def merge_patch(desired: Mapping[str, Any]) -> dict[str, Any]:
