@@ -20,8 +20,12 @@ operator or the ContainerImage webhook work:
 - the leader writes each policy's audit into its status when images, policies, namespaces
   or workloads changed, at most every :data:`AUDIT_INTERVAL` seconds.
 
-Local mode only registers the configuration itself (a URL webhook on 127.0.0.1, like the
-ContainerImage webhook). In a cluster the configuration is expected from ``deploy/``.
+Local mode (a URL webhook on 127.0.0.1, like the ContainerImage webhook) registers a
+configuration of its own, ``image-ancestry-policy-local-<namespace>``, removes it on exit,
+and deletes other operators' ones whose endpoint no longer answers (a ``kill -9``). In a
+cluster the gate is one more entry, added and removed by the operator, in the
+``image-ancestry`` configuration from ``deploy/`` (whose caBundle the ContainerImage
+webhook keeps current for every entry calling its Service).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ WEBHOOKS_PATH = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigur
 POLICIES_PATH = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
 TIMEOUT_SECONDS = 5
 AUDIT_INTERVAL = 10.0
+SWEEP_INTERVAL = 30.0
+COMPONENT_LABEL = "app.kubernetes.io/component"
+COMPONENT = "ancestry-gate"
 AUDIT_CHUNK = 100  # workloads audited between two looks at the event loop
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 
@@ -123,7 +130,7 @@ def gate_configuration(
             "name": name,
             "labels": {
                 "app.kubernetes.io/name": "image-ancestry",
-                "app.kubernetes.io/component": "ancestry-gate",
+                COMPONENT_LABEL: COMPONENT,
             },
         },
         "webhooks": [gate_webhook(client_config, exempt, selector)],
@@ -152,7 +159,9 @@ class PolicyGate:
         self.version = 0  # bumped on every change to policies, namespaces or workloads
         self.loaded = asyncio.Event()  # policies and namespaces listed once
         self.configuration_name = f"image-ancestry-policy-local-{namespace}"
+        self.cluster_configuration = "image-ancestry"  # deploy/'s, shared with the webhook
         self._client_config: dict[str, Any] | None = None
+        self._mode = "local"  # or "cluster", from the client config the server yields
         self._registered: dict[str, Any] | None = None
         self._reconcile = asyncio.Event()
         self._written: dict[str, dict[str, Any]] = {}
@@ -333,41 +342,116 @@ class PolicyGate:
         )
 
     async def _apply_configuration(self) -> None:
-        from image_ancestry.operator.kube import ApiError
-
         desired = self.desired_configuration()
         if desired == self._registered:
             return
+        if self._mode == "cluster":
+            await self._apply_entry(None if desired is None else desired["webhooks"][0])
+        else:
+            await self._apply_local(desired)
+        self._registered = desired
+
+    async def _apply_local(self, desired: dict[str, Any] | None) -> None:
+        """Local mode: a configuration of our own, created, replaced or deleted."""
+        from image_ancestry.operator.kube import ApiError
+
         name = self.configuration_name
         path = f"{WEBHOOKS_PATH}/{name}"
         if desired is None:
             with contextlib.suppress(ApiError):
                 await self.kube.request("DELETE", path)
             logger.info("removed the ancestry gate's webhook %s (no policies)", name)
+            return
+        try:
+            existing = await self.kube.request("GET", path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            await self.kube.request("POST", WEBHOOKS_PATH, body=desired)
         else:
+            body = {**desired, "metadata": {**desired["metadata"]}}
+            body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+            await self.kube.request("PUT", path, body=body)
+        selector = desired["webhooks"][0]["namespaceSelector"]
+        logger.info("registered the ancestry gate's webhook %s for namespaces %s", name, selector)
+
+    async def _apply_entry(self, entry: dict[str, Any] | None) -> None:
+        """In a cluster: our entry in the ValidatingWebhookConfiguration from ``deploy/``
+        (the operator may get and update that one only). The other entries stay as they are;
+        the caBundle is the one already there for the same Service (the ContainerImage
+        webhook keeps it current), so a rotated CA is never put back."""
+        from image_ancestry.operator.kube import ApiError
+
+        path = f"{WEBHOOKS_PATH}/{self.cluster_configuration}"
+        for _ in range(5):
+            obj = await self.kube.request("GET", path)
+            current = obj.get("webhooks") or []
+            hooks = [h for h in current if h.get("name") != WEBHOOK_NAME]
+            if entry is not None:
+                entry = {**entry, "clientConfig": dict(entry["clientConfig"])}
+                service = entry["clientConfig"].get("service") or {}
+                for hook in hooks:
+                    theirs = (hook.get("clientConfig") or {}).get("service") or {}
+                    same = (theirs.get("name"), theirs.get("namespace")) == (
+                        service.get("name"),
+                        service.get("namespace"),
+                    )
+                    if same and hook["clientConfig"].get("caBundle"):
+                        entry["clientConfig"]["caBundle"] = hook["clientConfig"]["caBundle"]
+                hooks.append(entry)
+            if hooks == current:
+                return
+            obj["webhooks"] = hooks
             try:
-                existing = await self.kube.request("GET", path)
+                await self.kube.request("PUT", path, body=obj)
             except ApiError as exc:
-                if exc.status != 404:
+                if exc.status != 409:
                     raise
-                await self.kube.request("POST", WEBHOOKS_PATH, body=desired)
-            else:
-                body = {**desired, "metadata": {**desired["metadata"]}}
-                body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-                await self.kube.request("PUT", path, body=body)
-            selector = desired["webhooks"][0]["namespaceSelector"]
-            logger.info(
-                "registered the ancestry gate's webhook %s for namespaces %s", name, selector
-            )
-        self._registered = desired
+                continue
+            what = "added to" if entry is not None else "removed from"
+            logger.info("the ancestry gate's webhook %s %s", what, self.cluster_configuration)
+            return
+
+    async def _sweep_local(self) -> None:
+        """Delete other operators' local gate configurations whose endpoint is gone: a
+        ``kill -9`` would otherwise leave Pods of the selected namespaces refused."""
+        from image_ancestry.operator.kube import ApiError
+        from image_ancestry.webhook.server import _answers
+
+        listing = await self.kube.request(
+            "GET", WEBHOOKS_PATH, params={"labelSelector": f"{COMPONENT_LABEL}={COMPONENT}"}
+        )
+        for item in listing.get("items") or []:
+            metadata = item["metadata"]
+            if metadata["name"] == self.configuration_name:
+                continue
+            urls = [(h.get("clientConfig") or {}).get("url") for h in item.get("webhooks") or []]
+            alive = False
+            for url in urls:
+                alive = alive or (isinstance(url, str) and await _answers(url))
+            if alive:
+                continue
+            with contextlib.suppress(ApiError):  # 404/409: gone, or re-registered meanwhile
+                await self.kube.request(
+                    "DELETE",
+                    f"{WEBHOOKS_PATH}/{metadata['name']}",
+                    body={"preconditions": {"resourceVersion": metadata["resourceVersion"]}},
+                    attempts=2,
+                )
+                logger.info("removed %s: its endpoint does not answer", metadata["name"])
 
     async def _reconcile_loop(self) -> None:
         await self.controller.ready.wait()
+        last_sweep = 0.0
         while True:
-            await self._reconcile.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile.wait(), SWEEP_INTERVAL)
             self._reconcile.clear()
             try:
                 await self._apply_configuration()
+                if self._mode == "local" and time.monotonic() - last_sweep >= SWEEP_INTERVAL:
+                    last_sweep = time.monotonic()
+                    await self._sweep_local()
             except Exception as exc:
                 logger.error("could not register the ancestry gate's webhook: %s", exc)
                 await asyncio.sleep(2)
@@ -377,15 +461,24 @@ class PolicyGate:
     def wrap_server(
         self, inner: Callable[[Any], AsyncIterator[Mapping[str, Any]]]
     ) -> Callable[[Any], AsyncIterator[Mapping[str, Any]]]:
-        """Serve through the existing webhook server; register the gate's configuration for
-        the URL it serves at (local mode: the client config is a URL)."""
+        """Serve through the existing webhook server, and register the gate for what it
+        yields: a URL (local mode) or the Service (in a cluster), plus our handler id."""
 
         async def serve(fn: Any) -> AsyncIterator[Mapping[str, Any]]:
             try:
                 async for client_config in inner(fn):
-                    url = client_config.get("url")
-                    if url:
-                        config = {"url": f"{str(url).rstrip('/')}/{WEBHOOK_ID}"}
+                    config: dict[str, Any] = {}
+                    if client_config.get("url"):
+                        self._mode = "local"
+                        config["url"] = f"{str(client_config['url']).rstrip('/')}/{WEBHOOK_ID}"
+                    elif client_config.get("service"):
+                        self._mode = "cluster"
+                        service = dict(client_config["service"])
+                        service["path"] = (
+                            f"{str(service.get('path') or '').rstrip('/')}/{WEBHOOK_ID}"
+                        )
+                        config["service"] = service
+                    if config:
                         if client_config.get("caBundle"):
                             config["caBundle"] = client_config["caBundle"]
                         self._client_config = config
@@ -393,7 +486,8 @@ class PolicyGate:
                     yield client_config
             finally:
                 self._client_config = None
-                if self._registered is not None:
+                # In a cluster another replica goes on serving: the entry stays.
+                if self._registered is not None and self._mode == "local":
                     with contextlib.suppress(Exception, asyncio.CancelledError):
                         await self.kube.request(
                             "DELETE", f"{WEBHOOKS_PATH}/{self.configuration_name}", attempts=2
