@@ -193,7 +193,7 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def installed(cluster: TestCluster, built: list[dict[str, Any]]) -> Iterator[None]:
     """deploy/ applied for real, except the Deployment (nothing runs pods here) and with the
     webhook narrowed to no object, so that it cannot refuse other tests' writes."""
