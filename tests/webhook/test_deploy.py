@@ -376,12 +376,6 @@ def test_cert_manager_component_mounts_its_certificate_and_injects_the_ca(
 
 
 @pytest.mark.cluster
-@pytest.mark.xfail(
-    strict=True,
-    reason="operator/kube.py load_credentials reads api_key['authorization'], but the "
-    "kubernetes client (37.x) stores tokens as api_key['BearerToken'], in-cluster too: the "
-    "operator talks as system:anonymous (notes/issue-5.md). Remove this mark with the fix.",
-)
 def test_the_operator_client_authenticates_with_a_service_account_token(
     cluster: TestCluster, installed: None, tmp_path: Path
 ) -> None:
