@@ -58,6 +58,7 @@ class Operator:
     log_path: Path
     identity: str
     extra: list[str] = field(default_factory=list)
+    kubeconfig: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Operator:
@@ -69,7 +70,7 @@ class Operator:
             "--namespace",
             self.namespace,
             "--kubeconfig",
-            str(self.cluster.kubeconfig_path),
+            str(self.kubeconfig or self.cluster.kubeconfig_path),
             "--identity",
             self.identity,
             "--lease-duration",
@@ -281,12 +282,18 @@ def start_operator(
     started: list[Operator] = []
     namespaces: dict[str, str] = {}
 
-    def start(namespace: str | None = None, identity: str | None = None) -> Operator:
+    def start(
+        namespace: str | None = None, identity: str | None = None, kubeconfig: Path | None = None
+    ) -> Operator:
         if namespace is None:
             namespace = namespaces.setdefault("default", _new_namespace(crds, "ia-system"))
         n = len(started)
         op = Operator(
-            crds, namespace, tmp_path / f"operator-{n}.log", identity or f"replica-{n}"
+            crds,
+            namespace,
+            tmp_path / f"operator-{n}.log",
+            identity or f"replica-{n}",
+            kubeconfig=kubeconfig,
         ).start()
         started.append(op)
         return op

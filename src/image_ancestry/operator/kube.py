@@ -81,7 +81,10 @@ def load_credentials(kubeconfig: str | None = None) -> Credentials:
     else:
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         token_path = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    auth = cfg.api_key.get("authorization") if cfg.api_key else None
+    # The loader keeps "Bearer <token>" under "BearerToken" (kubernetes >= 30), under
+    # "authorization" in older releases.
+    keys = cfg.api_key or {}
+    auth = keys.get("BearerToken") or keys.get("authorization")
     token: str | None = None
     if auth:
         scheme, _, value = str(auth).partition(" ")
