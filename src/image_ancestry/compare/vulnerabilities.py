@@ -21,7 +21,7 @@ like the ancestry engine, returns from each change the images whose
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,14 +112,16 @@ class ReportRecord:
     reference: str | None
     updated: datetime | None
     findings: tuple[Finding, ...]
+    # Derived from ``findings`` once: every image whose base this report is looks it up.
+    pairs: frozenset[Pair] = field(default=frozenset(), init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        pairs = frozenset((f.vulnerability_id, f.resource) for f in self.findings)
+        object.__setattr__(self, "pairs", pairs)
 
     @property
     def key(self) -> ReportKey:
         return (self.namespace, self.name)
-
-    @property
-    def pairs(self) -> frozenset[Pair]:
-        return frozenset(finding.pair for finding in self.findings)
 
     def reference_dict(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name}
@@ -271,11 +273,12 @@ def vulnerabilities_status(
     if report is None:
         return None
     compared = base_report is not None
+    base_pairs = base_report.pairs if base_report is not None else frozenset()
     totals = dict.fromkeys(SEVERITIES, 0)
     inherited = dict.fromkeys(SEVERITIES, 0)
-    for finding, from_base in classify(report, base_report):
+    for finding in report.findings:  # classify(), inlined: this runs for every image
         totals[finding.severity] += 1
-        if from_base:
+        if (finding.vulnerability_id, finding.resource) in base_pairs:
             inherited[finding.severity] += 1
     return {
         "report": report.reference_dict(),
