@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -117,3 +118,35 @@ def test_two_replicas_one_active_and_failover_after_kill_9(
     assert lease_holder(images.cluster, one.namespace) == standby.identity
     assert "acquired leadership" in standby.log()
     assert standby.alive()
+
+
+def test_a_relist_forgets_images_deleted_while_the_watch_was_away(
+    images: Images, namespace: str, start_operator: Callable[..., Operator]
+) -> None:
+    """No DELETED event ever reaches the operator here: it is frozen while the API server
+    restarts (its new watch cache starts after the operator's resourceVersion, so the resumed
+    watch gets 410 Gone and kopf relists) and the ancestor is deleted meanwhile."""
+    local = images.cluster.local
+    if local is None:
+        pytest.skip("needs the local control plane (restarts its kube-apiserver)")
+    images.apply(
+        images.manifest(namespace, "base", ["a"]),
+        images.manifest(namespace, "app", ["a", "b"]),
+    )
+    op = start_operator()
+    images.wait_base(namespace, "app", (namespace, "base"))
+    assert op.proc is not None
+    op.proc.send_signal(signal.SIGSTOP)
+    try:
+        local.stop_component("kube-apiserver")
+        local.start_component("kube-apiserver")
+        wait_for(
+            lambda: images.cluster.kubectl("get", "--raw", "/readyz", check=False) == "ok",
+            what="the API server back",
+        )
+        images.delete(namespace, "base")
+    finally:
+        op.proc.send_signal(signal.SIGCONT)
+    status = images.wait_base(namespace, "app", None, timeout=60)
+    assert status["ancestorCount"] == 0
+    assert f"forgetting {namespace}/base" in op.log()
