@@ -105,3 +105,15 @@ def test_a_marked_root_is_the_base_past_an_unmarked_parent() -> None:
         "debian-10",
         "MarkedBaseImage",
     )
+
+
+def test_the_flag_reaches_grandchildren_of_a_marked_root() -> None:
+    """With debian marked, turning the flag off changes every image below it, myapp too
+    (its base falls back from debian, two levels up, to its parent mynode)."""
+    index = seed_index()
+    mynode, debian = index.get(MYNODE), index.get(DEBIAN)
+    assert mynode is not None and debian is not None
+    index.upsert(replace(mynode, marked=False))
+    index.upsert(replace(debian, marked=True))
+    assert index.set_user_base_image_enabled(False) == {MYNODE, MYAPP, MYPYTHON}
+    assert index.status(MYAPP)["baseImage"]["name"] == "mynode-latest"
