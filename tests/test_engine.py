@@ -290,3 +290,14 @@ def test_rule_one(first: tuple[str, ...], second: tuple[str, ...], related: bool
     assert (index.status(two.key)["ancestorCount"] == 1) is related
     assert index.status(one.key)["ancestorCount"] == 0
     assert index.roots() == ([one.key] if related else [one.key, two.key])
+
+
+def test_records_without_layers_are_refused_and_change_nothing() -> None:
+    images = chain(2)
+    index = AncestryIndex.build(images)
+    with pytest.raises(ValueError, match="has no layers"):
+        index.upsert(replace(images[0], layers=()))
+    with pytest.raises(ValueError, match="has no layers"):
+        AncestryIndex.build([ImageRecord("ns", "empty", ())])
+    assert index.get(images[0].key) == images[0]
+    assert index.status(images[1].key)["ancestorCount"] == 1

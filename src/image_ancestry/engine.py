@@ -251,7 +251,12 @@ class AncestryIndex:
     # --- writing -------------------------------------------------------------------------
 
     def upsert(self, record: ImageRecord) -> set[ImageKey]:
-        """Add ``record``, or replace the image with its key. Returns the changed statuses."""
+        """Add ``record``, or replace the image with its key. Returns the changed statuses.
+
+        Raises :class:`ValueError`, changing nothing, for a record without layers.
+        """
+        if not record.layers:
+            raise ValueError(f"image {record.namespace}/{record.name} has no layers")
         key = record.key
         old = self._records.get(key)
         if old is None:
@@ -297,6 +302,8 @@ class AncestryIndex:
     def _attach(self, record: ImageRecord) -> _Node:
         layers = record.layers
         end = len(layers)
+        if not end:  # the root is every image's prefix: an image there would be everyone's
+            raise ValueError(f"image {record.namespace}/{record.name} has no layers")
         node = self._root
         position = 0
         while position < end:
