@@ -403,3 +403,39 @@ def test_the_operator_client_authenticates_with_a_service_account_token(
             return str(review["status"]["userInfo"]["username"])
 
     assert asyncio.run(whoami()) == SA_USER
+
+
+@pytest.mark.cluster
+def test_a_local_operator_that_may_not_register_keeps_running_and_says_so(
+    cluster: TestCluster, installed: None, tmp_path: Path
+) -> None:
+    """deploy/'s RBAC allows no URL webhook of one's own: the local registration is refused,
+    and the operator goes on (statuses do not depend on the webhook) while it retries."""
+    if cluster.local is None:
+        pytest.skip("needs the local control plane's CA to authenticate as the ServiceAccount")
+    kubeconfig = _service_account_kubeconfig(cluster, tmp_path)
+    log_path = tmp_path / "operator.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "image_ancestry.cli", "run", "--namespace", NAMESPACE,
+                "--kubeconfig", str(kubeconfig), "--identity", "local-refused",
+                "--webhook", "local",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    try:
+
+        def refused() -> bool:
+            assert proc.poll() is None, log_path.read_text()[-4000:]
+            return "could not register the validating webhook" in log_path.read_text()
+
+        wait_for(refused, timeout=60, what="the refused registration to be logged")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

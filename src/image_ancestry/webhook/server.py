@@ -244,7 +244,10 @@ class AncestryWebhook:
             async for client_config in server(fn):
                 if self.options.mode == "local":
                     url = f"{str(client_config['url']).rstrip('/')}/{WEBHOOK_ID}"
-                    await self._claim_local(url, cert.ca_bundle)
+                    try:
+                        await self._claim_local(url, cert.ca_bundle)
+                    except Exception as exc:  # keep the operator; the guard tries again
+                        logger.error("could not register the validating webhook: %s", exc)
                     if guard is None:
                         guard = asyncio.get_running_loop().create_task(
                             self._guard_local(url, cert.ca_bundle)
