@@ -1,11 +1,12 @@
 """The ancestry index: every image's ancestors, parent and base image, kept up to date.
 
 Rule 1 of the contract makes A an ancestor of B when A's layer list is a proper prefix of
-B's. So the index is a trie over layer digests: one node per distinct layer prefix, each
-image hung on the node of its full layer list. An image's ancestors are then exactly the
-images on the nodes above its own, and its descendants the images below. Building costs one
-dict step per layer; a status walks at most ``len(layers)`` parent pointers. Nothing ever
-compares pairs of images.
+B's. So the index is a trie over layer digests, each image hung on the node of its full
+layer list. An image's ancestors are then exactly the images on the nodes above its own, and
+its descendants the images below. The trie is compressed (a radix tree): nodes exist only
+where images end or paths fork, so building costs one step per such node on the way down
+(each comparing a run of layers at C speed) and a status walks only past its ancestors and
+fork points. Nothing ever compares pairs of images, and no cost grows with the pairs.
 
 Every mutating call returns the keys of the images whose :meth:`AncestryIndex.status`
 changed, and only those, so the operator patches exactly what moved. A newly added image is
@@ -105,9 +106,10 @@ class AncestryIndex:
         silently kept one of them would hide a caller's bug.
         """
         index = cls(user_base_image_enabled)
-        # A bulk load allocates a node per new layer; the cyclic collector would rescan the
-        # growing trie over and over (more than half the build time at 100k images). Nothing
-        # here makes cycles worth collecting, so pause it, restoring the caller's setting.
+        # A bulk load allocates objects by the hundred thousand, and the cyclic collector
+        # would rescan the growing trie over and over (it was more than half the build time
+        # at 100k images). Parent links are cycles, but none becomes garbage during a load,
+        # so pause the collector, restoring the caller's setting.
         paused = gc.isenabled()
         gc.disable()
         try:
