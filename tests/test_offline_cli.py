@@ -221,8 +221,11 @@ def test_tree_shows_twins_and_several_roots(tmp_path: Path, capsys: Any) -> None
     ]
     code, out, _ = run(capsys, "tree", str(write(tmp_path / "a.yaml", docs)))
     assert code == 0
-    names = [line[: line.index(" ", line.index("ns/"))] for line in out.splitlines()[:5]]
+    lines = out.splitlines()[:5]
+    names = [line[: line.index(" ", line.index("ns/"))] for line in lines]
     assert names == ["ns/r1", "|-- ns/t1", "|   `-- ns/leaf", "`-- ns/t2", "ns/r2"]
+    assert lines[3].endswith("(same layers as ns/t1)")
+    assert "same layers" not in lines[1]
 
 
 # --- errors ---------------------------------------------------------------------------------

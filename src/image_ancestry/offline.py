@@ -191,11 +191,17 @@ def render_tree(index: AncestryIndex) -> str:
     images and, where the base image is a marked ancestor, which one (otherwise the base is
     the parent, the line above).
     Images with identical layers are siblings (rule 1: neither is the other's ancestor); the
-    first by key is the one their descendants hang under (rule 2's tie order).
+    first by key is the one their descendants hang under (rule 2's tie order), and the
+    others say ``(same layers as ...)`` so that the empty branch is no surprise.
     """
     enabled = index.user_base_image_enabled
     lines: list[str] = []
     marked = 0
+    first_with_layers: dict[tuple[str, ...], tuple[str, str]] = {}
+    for key in sorted(index.keys()):
+        record = index.get(key)
+        if record is not None:
+            first_with_layers.setdefault(record.layers, key)
     # (key, prefix for this line, prefix for its children); a stack, so deep chains are fine.
     roots = index.roots()
     stack = [(key, "", "") for key in reversed(roots)]
@@ -209,6 +215,9 @@ def render_tree(index: AncestryIndex) -> str:
             record.image or NONE,
             f"({status['layerCount']} layers)",
         ]
+        twin = first_with_layers[record.layers]
+        if twin != key:
+            parts.append(f"(same layers as {twin[0]}/{twin[1]})")
         if record.marked:
             marked += 1
             parts.append("[marked base image]" if enabled else "[marked base image, ignored]")
