@@ -55,6 +55,18 @@ def kubectl_error(cluster: TestCluster, *args: str, input: str | None = None) ->
     raise AssertionError(f"kubectl {' '.join(args)} succeeded: {out}")
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then SIGKILL if it is still there after 30 s; the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
 @dataclass
 class Operator:
     cluster: TestCluster
@@ -70,14 +82,7 @@ class Operator:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
+        return stop_process(self.proc)
 
     def set_config(self, **data: str) -> None:
         doc = {

@@ -7,6 +7,7 @@ deploy/ grants.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,7 +25,7 @@ from image_ancestry import pki
 from image_ancestry.webhook import config as admin_config
 from image_ancestry.webhook import server, tls
 from tests.clusters import TestCluster
-from tests.webhook.conftest import REPO, layer, manifest, wait_for
+from tests.webhook.conftest import REPO, layer, manifest, stop_process, wait_for
 
 DEPLOY = REPO / "deploy"
 NAMESPACE = "image-ancestry-system"
@@ -186,6 +187,25 @@ def test_apply_dry_run_server_succeeds(cluster: TestCluster) -> None:
     assert "PodSecurity" not in result.stderr, result.stderr
 
 
+@contextlib.contextmanager
+def running_operator(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``image-ancestry run ARGS`` as a subprocess, logging to ``log_path``; stopped after."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "image_ancestry.cli", "run", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -267,17 +287,10 @@ def test_the_operator_works_with_exactly_deploys_rbac(
     for doc in (manifest(namespace, "base", [base]), manifest(namespace, "app", [base, app])):
         cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
     log_path = tmp_path / "operator.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "image_ancestry.cli", "run",
-                "--kubeconfig", str(kubeconfig), "--identity", "rbac-test",
-                "--webhook", "cluster", "--webhook-port", str(_free_port()),
-            ],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "POD_NAMESPACE": NAMESPACE},
-        )  # fmt: skip
-    try:
+    args = ["--kubeconfig", str(kubeconfig), "--identity", "rbac-test", "--webhook", "cluster",
+            "--webhook-port", str(_free_port())]  # fmt: skip
+    env = {**os.environ, "POD_NAMESPACE": NAMESPACE}
+    with running_operator(args, log_path, env) as proc:
 
         def computed() -> bool:
             assert proc.poll() is None, log_path.read_text()[-4000:]
@@ -305,13 +318,6 @@ def test_the_operator_works_with_exactly_deploys_rbac(
             cluster.kubectl("get", "lease", "image-ancestry", "-n", NAMESPACE, "-o", "json")
         )
         assert lease["spec"]["holderIdentity"] == "rbac-test"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     log = log_path.read_text()
     assert "forbidden" not in log.lower(), [x for x in log.splitlines() if "orbidden" in x][:5]
 
@@ -415,16 +421,9 @@ def test_a_local_operator_that_may_not_register_keeps_running_and_says_so(
         pytest.skip("needs the local control plane's CA to authenticate as the ServiceAccount")
     kubeconfig = _service_account_kubeconfig(cluster, tmp_path)
     log_path = tmp_path / "operator.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "image_ancestry.cli", "run", "--namespace", NAMESPACE,
-                "--kubeconfig", str(kubeconfig), "--identity", "local-refused",
-                "--webhook", "local",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
-    try:
+    args = ["--namespace", NAMESPACE, "--kubeconfig", str(kubeconfig), "--identity",
+            "local-refused", "--webhook", "local"]  # fmt: skip
+    with running_operator(args, log_path) as proc:
 
         def refused() -> bool:
             assert proc.poll() is None, log_path.read_text()[-4000:]
@@ -432,10 +431,3 @@ def test_a_local_operator_that_may_not_register_keeps_running_and_says_so(
 
         wait_for(refused, timeout=60, what="the refused registration to be logged")
         assert proc.poll() is None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
