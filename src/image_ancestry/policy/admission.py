@@ -369,6 +369,8 @@ class PolicyGate:
                 raise
             await self.kube.request("POST", WEBHOOKS_PATH, body=desired)
         else:
+            if _essentials(existing) == _essentials(desired):
+                return  # (the API server adds defaults, so whole entries never compare equal)
             body = {**desired, "metadata": {**desired["metadata"]}}
             body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
             await self.kube.request("PUT", path, body=body)
@@ -444,8 +446,13 @@ class PolicyGate:
         await self.controller.ready.wait()
         last_sweep = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._reconcile.wait(), SWEEP_INTERVAL)
+            except TimeoutError:
+                if self._mode == "local":
+                    # Look again: another replica of this namespace may have claimed the
+                    # configuration for its own URL, and may be gone since.
+                    self._registered = {"unknown": True}
             self._reconcile.clear()
             try:
                 await self._apply_configuration()
@@ -631,6 +638,13 @@ class PolicyGate:
                 subresource="ephemeralcontainers",
                 registry=registry,
             )(validate)
+
+
+def _essentials(configuration: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (hook.get("name"), hook.get("clientConfig"), hook.get("namespaceSelector"))
+        for hook in configuration.get("webhooks") or ()
+    ]
 
 
 def _without_times(body: Mapping[str, Any]) -> dict[str, Any]:
