@@ -156,6 +156,7 @@ class PolicyGate:
         self.workloads = WorkloadStore()
         self.policy_objects: dict[str, dict[str, Any]] = {}  # name -> uid, rv, generation
         self.invalid: dict[str, str] = {}  # policy name -> why it is not enforced
+        self._deleted: dict[str, str] = {}  # policy name -> resourceVersion of its deletion
         self.version = 0  # bumped on every change to policies, namespaces or workloads
         self.loaded = asyncio.Event()  # policies and namespaces listed once
         self.configuration_name = f"image-ancestry-policy-local-{namespace}"
@@ -180,8 +181,10 @@ class PolicyGate:
         name = str(meta.get("name", ""))
         version = str(meta.get("resourceVersion", ""))
         held = self.policy_objects.get(name)
+        tombstone = self._deleted.get(name)
         if event_type == "DELETED":
             if held is None or not _older(version, held["resourceVersion"]):
+                self._deleted[name] = version
                 self.policy_objects.pop(name, None)
                 self.invalid.pop(name, None)
                 self._written.pop(name, None)
@@ -191,6 +194,11 @@ class PolicyGate:
             return
         if held is not None and _older(version, held["resourceVersion"]):
             return
+        if tombstone is not None:
+            # The startup listing may be older than a deletion the watch already delivered.
+            if tombstone.isdigit() and version.isdigit() and int(version) <= int(tombstone):
+                return
+            del self._deleted[name]
         self.policy_objects[name] = {
             "resourceVersion": version,
             "generation": meta.get("generation") or 0,
@@ -449,7 +457,7 @@ class PolicyGate:
             try:
                 await asyncio.wait_for(self._reconcile.wait(), SWEEP_INTERVAL)
             except TimeoutError:
-                if self._mode == "local":
+                if self._mode == "local" and self._registered is not None:
                     # Look again: another replica of this namespace may have claimed the
                     # configuration for its own URL, and may be gone since.
                     self._registered = {"unknown": True}
