@@ -74,7 +74,7 @@ class Operator:
             "--identity",
             self.identity,
             "--lease-duration",
-            "6",
+            "8",
             "--verbose",
             # The webhook is tested on its own; here it would refuse the bad values these
             # tests store on purpose, and a kill -9 would leave its registration behind.

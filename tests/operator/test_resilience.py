@@ -107,16 +107,16 @@ def test_two_replicas_one_active_and_failover_after_kill_9(
     holder = wait_for(lambda: lease_holder(images.cluster, one.namespace), what="a lease holder")
     active, standby = (one, two) if holder == one.identity else (two, one)
     assert holder == active.identity
-    # the standby keeps its index warm but writes nothing
+    # the standby keeps its index warm (it has listed) but does not hold the lease
     wait_for(lambda: "listing (start) done" in standby.log(), what="the standby listed")
-    assert "acquired leadership" not in standby.log()
+    acquired = standby.log().count("acquired leadership")
 
     active.kill9()
     images.apply(images.manifest(namespace, "after", ["a", "b", "c"]))
-    # the lease is 6s in these tests (15s by default); the wait is bounded well within 60s
+    # the lease is 8s in these tests (15s by default); the wait is bounded well within 60s
     images.wait_base(namespace, "after", (namespace, "app"), timeout=60)
     assert lease_holder(images.cluster, one.namespace) == standby.identity
-    assert "acquired leadership" in standby.log()
+    assert standby.log().count("acquired leadership") > acquired
     assert standby.alive()
 
 

@@ -288,6 +288,21 @@ class Controller:
             annotations=kept,
             stored=stored,
         )
+        if (
+            current is not None
+            and current.uid == uid
+            and tracked.generation is not None
+            and current.generation == tracked.generation
+            and current.annotations == kept
+        ):
+            # Same spec (generation) and marks: only the status moved, e.g. the echo of our
+            # own write. Nothing to parse or re-index; look again only if the status differs
+            # from what was last seen (someone else wrote it).
+            tracked.error = current.error
+            self.objects[key] = tracked
+            if stored["fingerprint"] != current.stored["fingerprint"]:
+                self.writer.mark([key])
+            return
         try:
             record = ContainerImage.from_manifest(obj, source="cluster").to_record()
             # Images share most layers: one string per digest, not one per image and layer.
