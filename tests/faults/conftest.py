@@ -150,6 +150,16 @@ def operators(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callab
             sys.stderr.write(f"\n===== {op.log_path} =====\n{op.log()[-8000:]}\n")
 
 
+def empty_namespace(cluster: TestCluster, namespace: str) -> None:
+    """Delete a namespace's ContainerImages: with no kube-controller-manager a deleted
+    namespace keeps its objects, and every later operator would list them."""
+    from kubernetes import client
+
+    client.CustomObjectsApi(cluster.api).delete_collection_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL
+    )
+
+
 def new_namespace(cluster: TestCluster, stem: str) -> str:
     name = f"{stem}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
@@ -166,9 +176,11 @@ def apply_crds(cluster: TestCluster, *files: str) -> None:
 
 
 def stored_images(cluster: TestCluster, namespaces: set[str]) -> list[dict[str, Any]]:
-    out = cluster.kubectl("get", PLURAL, "-A", "-o", "json")
-    items: list[dict[str, Any]] = json.loads(out)["items"]
-    return [i for i in items if i["metadata"]["namespace"] in namespaces]
+    items: list[dict[str, Any]] = []
+    for namespace in sorted(namespaces):
+        out = cluster.kubectl("get", PLURAL, "-n", namespace, "-o", "json")
+        items.extend(json.loads(out)["items"])
+    return items
 
 
 def status_problems(
@@ -297,6 +309,9 @@ class Burst:
             elif deletable:
                 name = deletable.pop()
                 out.append(lambda n=name: images.delete(ns, n))
+            else:
+                name = rng.choice(editable)
+                out.append(lambda n=name: images.mark(ns, n, "true"))
         return out
 
     def run(
@@ -319,7 +334,9 @@ class Burst:
                 with self._hooks:
                     hook()
 
+        started = time.monotonic()
         with ThreadPoolExecutor(self.workers) as pool:
             list(pool.map(one, changes))
+        figure(f"{len(changes)} changes made ({self.failed} refused)", time.monotonic() - started)
         for n in sorted(pending):  # thresholds past the end
             pending[n]()

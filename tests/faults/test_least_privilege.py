@@ -32,7 +32,7 @@ import yaml
 
 from image_ancestry.webhook import server, tls
 from tests.clusters import TestCluster
-from tests.faults.conftest import REPO, Images, OperatorProcess, wait_for
+from tests.faults.conftest import REPO, Images, OperatorProcess, empty_namespace, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -322,6 +322,7 @@ def run(cluster: TestCluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         cluster.kubectl(
             "delete", "validatingwebhookconfiguration", server.CONFIGURATION_NAME, check=False
         )
+        empty_namespace(cluster, ns)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     yield Run(
         granted(docs), _audit_since(audit_log, offset), [op.log() for op in started], observed
