@@ -8,6 +8,7 @@ say which one a run used.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,6 +45,16 @@ def report_crds(request: pytest.FixtureRequest, cluster: TestCluster) -> TestClu
     install_report_crd(cluster)
     print(f"VulnerabilityReport CRD used: {report_crd()} ({request.param})")
     return cluster
+
+
+@pytest.fixture
+def namespace(namespace: str, cluster: TestCluster) -> Iterator[str]:
+    """The shared ``namespace``, emptied of this suite's objects afterwards: a deleted
+    namespace stays Terminating here (no controller-manager), and the operators of later
+    tests, which watch every namespace, must not find these images and act on them."""
+    yield namespace
+    for kind in ("containerimages", "vulnerabilityreports"):
+        cluster.kubectl("delete", kind, "--all", "-n", namespace, "--wait=false", check=False)
 
 
 @pytest.fixture
