@@ -85,14 +85,14 @@ def check_trie(index: AncestryIndex) -> None:
     assert nodes <= 2 * len(index) + 1  # compression bounds the node count
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(forests, st.booleans())
 def test_build_matches_naive(forest: list[ImageRecord], enabled: bool) -> None:
     index = AncestryIndex.build(forest, user_base_image_enabled=enabled)
     check_against_naive(index, {r.key: r for r in forest})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(forests, st.booleans(), st.randoms(use_true_random=False))
 def test_upserts_in_any_order_match_build(
     forest: list[ImageRecord], enabled: bool, rng: Any

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from image_ancestry.model import (
@@ -96,7 +96,7 @@ def test_pattern_is_re2_compatible() -> None:
     assert not re.search(r"\(\?[=!<]|\\[1-9]", DIGEST_PATTERN)
 
 
-@settings(max_examples=300, deadline=None)  # no timing: the machine may be busy
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=80))
 def test_pattern_agrees_with_validate_digest_on_other_algorithms(text: str) -> None:
     """For algorithms without fixed lengths, the grammar alone decides."""
@@ -263,7 +263,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)  # no timing: the machine may be busy
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.fixed_dictionaries(
         {},
