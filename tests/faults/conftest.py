@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from image_ancestry.engine import AncestryIndex
-from image_ancestry.model import ContainerImage, ManifestError
-from tests.clusters import TestCluster
+from image_ancestry.model import MARK_ANNOTATION, ContainerImage, ManifestError
+from tests.clusters import KubectlError, TestCluster
 from tests.operator.conftest import Images, pytest_runtest_makereport, wait_for
 
 # the report hook sets item.rep_call (logs of failed tests are shown)
@@ -170,6 +170,27 @@ def apply_crds(cluster: TestCluster, *files: str) -> None:
     for name in files or ("containerimages.yaml",):
         cluster.kubectl("apply", "-f", str(REPO / "crds" / name))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+
+def wait_served(cluster: TestCluster, op: OperatorProcess, namespace: str) -> None:
+    """Until the API server calls the operator's webhook: a dry run only it refuses."""
+    probe = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ContainerImage",
+        "metadata": {"name": "probe", "namespace": namespace,
+                     "annotations": {MARK_ANNOTATION: "maybe"}},
+        "spec": {"layers": ["sha256:" + "0" * 64]},
+    }  # fmt: skip
+
+    def denied() -> bool:
+        op.assert_alive()
+        try:
+            cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(probe))
+        except KubectlError as exc:
+            return "rule 5" in exc.stderr
+        return False
+
+    wait_for(denied, timeout=60, what="the API server to call the webhook")
 
 
 # --- the oracle: statuses computed offline from the stored objects ------------------------------
