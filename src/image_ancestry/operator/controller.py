@@ -64,7 +64,7 @@ class Options:
     events: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Tracked:
     """What the controller holds of one ContainerImage object besides its engine record."""
 

@@ -32,6 +32,10 @@ def build_settings() -> Any:
     settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
     settings.watching.connect_timeout = 30
     settings.watching.reconnect_backoff = 1.0
+    # Listings come in pages, so the whole list is never in memory at once (kopf drops each
+    # page once its objects are queued); idle per-object workers exit after a second.
+    settings.watching.chunk_size = 500
+    settings.queueing.idle_timeout = 1.0
     # kopf would post a Kubernetes Event for each of its per-object log lines: not wanted.
     settings.posting.enabled = False
     # One Lease (see .leader) decides who writes; kopf's own peering stays off.
