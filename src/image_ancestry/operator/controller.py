@@ -123,6 +123,7 @@ class Controller:
         self._images_synced = False
         self._config_synced = False
         self._epoch: Epoch | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._config_warning: tuple[str, str] | None = None  # (resourceVersion, message)
         self._warned_versions: set[str] = set()
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=2000)
@@ -202,9 +203,33 @@ class Controller:
         epoch = Epoch(reason)
         self._epoch = epoch
         self._update_gate()
-        asyncio.get_running_loop().create_task(self._run_epoch(epoch), name=f"listing ({reason})")
+        task = asyncio.get_running_loop().create_task(
+            self._run_epoch(epoch), name=f"listing ({reason})"
+        )
+        self._background.add(task)  # a reference, so the task is not collected mid-run
+        task.add_done_callback(self._background.discard)
 
     async def _run_epoch(self, epoch: Epoch) -> None:
+        try:
+            await self._settle_epoch(epoch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never leave writes held by an epoch that cannot finish
+            logger.exception("listing (%s) failed; carrying on with what was seen", epoch.reason)
+        self._epoch = None
+        self._images_synced = True
+        logger.info(
+            "listing (%s) done: %d images in %.2fs",
+            epoch.reason,
+            len(self.objects),
+            time.monotonic() - epoch.started,
+        )
+        self.writer.mark(list(self.objects))
+        self.ready.set()
+        self._update_gate()
+
+    async def _settle_epoch(self, epoch: Epoch) -> None:
+        """Wait until the listing has come through the handler; forget the ghosts."""
         expected: set[ImageKey] | None = None
         try:
             items, _ = await self.kube.list_metadata(COLLECTION_PATH)
@@ -230,17 +255,6 @@ class Controller:
                 logger.info("forgetting %s/%s: gone while the watch was away", *key)
                 self._forget(key)
         self.writer.mark(await self.reports.relist(self.kube))
-        self._epoch = None
-        self._images_synced = True
-        logger.info(
-            "listing (%s) done: %d images in %.2fs",
-            epoch.reason,
-            len(self.objects),
-            time.monotonic() - epoch.started,
-        )
-        self.writer.mark(list(self.objects))
-        self.ready.set()
-        self._update_gate()
 
     def _seen(self, key: ImageKey) -> None:
         epoch = self._epoch
