@@ -6,7 +6,7 @@ import asyncio
 import types
 from typing import Any
 
-from image_ancestry.engine import AncestryIndex
+from image_ancestry.engine import AncestryIndex, ImageRecord
 from image_ancestry.policy.admission import PolicyGate
 from image_ancestry.policy.gate import LookupIndex
 from tests.policy.forest import deployment, policy_manifest
@@ -63,3 +63,33 @@ def test_namespaces_and_workloads_bump_the_audit_version_only_on_change() -> Non
     assert gate.version == before + 1 and len(gate.workloads) == 1
     gate.on_workload("Deployment", "DELETED", workload)
     assert len(gate.workloads) == 0 and gate.version == before + 2
+
+
+def test_the_importers_index_digest_annotation_names_the_image() -> None:
+    gate = make_gate()
+    index_digest = "sha256:" + "ab" * 32
+    obj = {
+        "metadata": {
+            "namespace": "platform",
+            "name": "app-amd64",
+            "annotations": {"imageancestry.io/index-digest": index_digest},
+        }
+    }
+    gate.index.upsert(
+        ImageRecord(
+            "platform",
+            "app-amd64",
+            ("sha256:" + "01" * 32,),
+            "r.example/app:1",
+            "sha256:" + "cd" * 32,
+        )
+    )
+    gate.on_image("ADDED", obj)
+    assert gate.index.lookup.resolve(f"r.example/app@{index_digest}").candidates == (
+        ("platform", "app-amd64"),
+    )
+    gate.on_image(
+        "MODIFIED",
+        {"metadata": {**obj["metadata"], "annotations": {"imageancestry.io/index-digest": "junk"}}},
+    )
+    assert gate.index.lookup.resolve(f"r.example/app@{index_digest}").candidates == ()

@@ -248,3 +248,23 @@ def test_audit_counts_move_when_an_images_base_changes(gate: GateEnv) -> None:
         "anchore.user/marked_base_image=true", "--overwrite",
     )  # fmt: skip
     wait_for(lambda: audit().get("violatingWorkloads") == 0, what="no violations")
+
+
+def test_a_pod_pinned_to_a_multi_arch_index_digest(gate: GateEnv) -> None:
+    ns, label = gate.namespace()
+    index_digest = digest(f"{gate.salt}-index")
+    # What the importer writes for a platform image taken from an image index.
+    gate.cluster.kubectl(
+        "annotate", "cimg", "-n", gate.platform, "app",
+        f"imageancestry.io/index-digest={index_digest}", "--overwrite",
+    )  # fmt: skip
+    try:
+        gate.policy("index", label, rules=golden_rule(gate))
+        gate.wait_denied(pod("probe", ns, gate.image("legacy")))
+        pinned = pod("pinned", ns, f"{gate.registry}/app:v1@{index_digest}")
+        wait_for(lambda: gate.create(pinned, dry_run=True).ok, what="the index digest to resolve")
+        assert gate.create(pinned).ok
+    finally:
+        gate.cluster.kubectl(
+            "annotate", "cimg", "-n", gate.platform, "app", "imageancestry.io/index-digest-"
+        )

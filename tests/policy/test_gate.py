@@ -407,3 +407,20 @@ def test_lookup_index_keeps_its_lookup_in_step() -> None:
     assert index.version == 3
     index.remove(app.key)  # unknown now: nothing changes
     assert index.version == 3
+
+
+def test_an_image_index_digest_resolves_to_the_platform_images_imported_from_it() -> None:
+    gate = make_gate(GOLDEN_ONLY)
+    index_digest = digest("multi-arch-index")
+    pinned = f"r.example/app:v1@{index_digest}"
+    assert gate.lookup.resolve(pinned).candidates == ()  # app declares another digest
+    gate.lookup.set_extra_digests((PLATFORM, "app"), [index_digest])
+    assert gate.lookup.resolve(pinned).candidates == ((PLATFORM, "app"),)
+    assert decide(gate, pinned).allowed
+    app = gate.index.get((PLATFORM, "app"))
+    assert app is not None
+    gate.lookup.upsert(dataclasses.replace(app, image="r.example/app:v2"))  # kept on upsert
+    assert gate.lookup.resolve(f"x/y@{index_digest}").candidates == ((PLATFORM, "app"),)
+    gate.lookup.set_extra_digests((PLATFORM, "app"), [])
+    assert gate.lookup.resolve(f"x/y@{index_digest}").candidates == ()
+    assert gate.lookup.resolve(f"x/y@{image_digest('app')}").candidates == ((PLATFORM, "app"),)

@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from image_ancestry import GROUP, VERSION
+from image_ancestry.model import validate_digest
 from image_ancestry.policy.audit import (
     PolicyAudit,
     WorkloadStore,
@@ -61,6 +62,8 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 COMPONENT = "ancestry-gate"
 AUDIT_CHUNK = 100  # workloads audited between two looks at the event loop
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+# Written by the importer (importer/manifests.py INDEX_DIGEST) on images from an image index.
+INDEX_DIGEST_ANNOTATION = "imageancestry.io/index-digest"
 
 # (group, version, plural, kind) of everything gated.
 GATED: tuple[tuple[str, str, str, str], ...] = (
@@ -213,6 +216,18 @@ class PolicyGate:
             self.invalid.pop(name, None)
             self.gate.policies.upsert(policy)
         self._changed()
+
+    def on_image(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        """The image index digest an imported platform image carries in an annotation: a Pod
+        pinned to it (what registries show for multi-arch images) runs this image."""
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        value = (meta.get("annotations") or {}).get(INDEX_DIGEST_ANNOTATION)
+        digests: list[str] = []
+        if event_type != "DELETED" and isinstance(value, str):
+            with contextlib.suppress(ValueError):  # a bad value names no image
+                digests.append(validate_digest(value.strip()))
+        self.index.lookup.set_extra_digests(key, digests)
 
     def on_namespace(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -594,6 +609,13 @@ class PolicyGate:
         async def namespace_event(**kwargs: Any) -> None:
             event = kwargs["event"]
             self.on_namespace(event.get("type"), event.get("object") or {})
+
+        @kopf.on.event(
+            GROUP, VERSION, "containerimages", id="ancestry-index-digests", registry=registry
+        )
+        async def image_event(**kwargs: Any) -> None:
+            event = kwargs["event"]
+            self.on_image(event.get("type"), event.get("object") or {})
 
         for group, version, plural, kind in GATED:
             self._register_resource(registry, group, version, plural, kind, admission)

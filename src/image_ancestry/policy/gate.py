@@ -147,13 +147,16 @@ class ImageLookup:
 
     Kept beside the engine's index: call :meth:`upsert` and :meth:`remove` with the same
     records. A ContainerImage is found by its ``spec.digest`` (and a digest written into
-    ``spec.image``), and by its normalised ``spec.image`` tag.
+    ``spec.image``), by the digests given with :meth:`set_extra_digests` (the image index
+    a platform manifest was imported from), and by its normalised ``spec.image`` tag.
     """
 
     def __init__(self) -> None:
         self._entries: dict[ImageKey, _Entry] = {}
         self._by_digest: dict[str, set[ImageKey]] = {}
         self._by_tagged: dict[str, set[ImageKey]] = {}
+        self._records: dict[ImageKey, ImageRecord] = {}
+        self._extra: dict[ImageKey, frozenset[str]] = {}
 
     @classmethod
     def from_records(cls, records: Iterable[ImageRecord]) -> ImageLookup:
@@ -170,9 +173,24 @@ class ImageLookup:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def set_extra_digests(self, key: ImageKey, digests: Iterable[str]) -> None:
+        """More digests that name the image ``key`` (kept until changed, also while the
+        image itself is not, or no longer, in the lookup)."""
+        extra = frozenset(digests)
+        if self._extra.get(key, frozenset()) == extra:
+            return
+        if extra:
+            self._extra[key] = extra
+        else:
+            self._extra.pop(key, None)
+        record = self._records.get(key)
+        if record is not None:
+            self.upsert(record)
+
     def upsert(self, record: ImageRecord) -> None:
+        self._records[record.key] = record
         tagged: str | None = None
-        digests: set[str] = set()
+        digests: set[str] = set(self._extra.get(record.key, ()))
         if record.digest is not None:
             digests.add(record.digest)
         if record.image is not None:
@@ -185,7 +203,7 @@ class ImageLookup:
         key = record.key
         if self._entries.get(key) == entry:
             return
-        self.remove(key)
+        self._unindex(key)
         self._entries[key] = entry
         for digest in entry.digests:
             self._by_digest.setdefault(digest, set()).add(key)
@@ -193,6 +211,10 @@ class ImageLookup:
             self._by_tagged.setdefault(tagged, set()).add(key)
 
     def remove(self, key: ImageKey) -> None:
+        self._records.pop(key, None)
+        self._unindex(key)
+
+    def _unindex(self, key: ImageKey) -> None:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
