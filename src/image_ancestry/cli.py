@@ -20,17 +20,23 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-# Subcommand name -> module that registers it.
+# Subcommand -> the module that registers it (one module may register several).
 SUBCOMMANDS: dict[str, str] = {
+    "compute": "image_ancestry.offline",
+    "tree": "image_ancestry.offline",
     "import": "image_ancestry.importer.commands",
-    "cluster": "image_ancestry.controlplane.commands",
-    "run": "image_ancestry.operator.commands",
-    "offline": "image_ancestry.offline",
     "compare": "image_ancestry.compare.commands",
+    "run": "image_ancestry.operator.commands",
+    "cluster": "image_ancestry.controlplane.commands",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that subcommand's module is imported.
+
+    ``compute`` in CI then never imports the operator, the webhook or the control plane,
+    and cannot be broken by them.
+    """
     parser = argparse.ArgumentParser(
         prog="image-ancestry",
         description="Compute container images' ancestors, parent and base image.",
@@ -38,14 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for module_name in SUBCOMMANDS.values():
-        module = importlib.import_module(module_name)
-        module.register(subparsers)
+    if command in SUBCOMMANDS:
+        modules = [SUBCOMMANDS[command]]
+    else:
+        modules = list(dict.fromkeys(SUBCOMMANDS.values()))
+    for module_name in modules:
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv``: its first word that is not an option."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
