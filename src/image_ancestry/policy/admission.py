@@ -165,7 +165,10 @@ class PolicyGate:
         self.configuration_name = f"image-ancestry-policy-local-{namespace}"
         self.cluster_configuration = "image-ancestry"  # deploy/'s, shared with the webhook
         self._client_config: dict[str, Any] | None = None
-        self._mode = "local"  # or "cluster", from the client config the server yields
+        # "local" or "cluster", from the client config the server yields; None until then, so
+        # that a first reconcile before the server is up sweeps nothing (in a cluster the
+        # RBAC grants no listing of webhook configurations)
+        self._mode: str | None = None
         self._registered: dict[str, Any] | None = None
         self._reconcile = asyncio.Event()
         self._written: dict[str, dict[str, Any]] = {}
