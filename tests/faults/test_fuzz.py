@@ -109,9 +109,7 @@ not_a_string = junk.filter(lambda v: v is not None and not isinstance(v, str))
 
 
 @st.composite
-def cases(
-    draw: st.DrawFn, *, cluster: bool = False
-) -> tuple[list[dict[str, Any]], int, str | None]:
+def cases(draw: st.DrawFn, *, cluster: bool = False) -> Case:
     """(manifests, which one is changed, the field the refusal must name); None: the
     manifests are valid."""
     docs = forest()
@@ -167,14 +165,9 @@ def cases(
         return docs, index, "name" if cluster else "metadata.name"
     if kind == "annotation-type":
         key = draw(st.from_regex(r"[a-z]{1,10}(\.io/[a-z]{1,10})?", fullmatch=True))
-        meta["annotations"] = {
-            key: draw(junk.filter(lambda v: v is not None and not isinstance(v, str)))
-        }
-        return (
-            docs,
-            index,
-            "metadata.annotations" if cluster else f"metadata.annotations[{json.dumps(key)}]",
-        )
+        meta["annotations"] = {key: draw(not_a_string)}
+        where = "metadata.annotations"  # the API server's decoder names no key
+        return docs, index, where if cluster else f"{where}[{json.dumps(key)}]"
     if kind == "spec-junk":
         doc["spec"] = draw(junk.filter(lambda v: not isinstance(v, dict)))
         return docs, index, "spec"
