@@ -188,7 +188,7 @@ def test_apiserver_paused_past_the_watch_timeouts(
     images.patch(ns, seeds[-1], {"spec": {"layers": [images.layer(x) for x in ("t1-0", "z")]}})
     seconds = wait_converged(healthy, {ns}, enabled=False, timeout=120, alive=op.assert_alive)
     figure("converged after the pause", seconds)
-    assert op.log().count("acquired leadership") == 2
+    assert op.log().count("acquired leadership") >= 2  # and again after the pause
     set_flag(healthy, system, "true")  # the ConfigMap watch resumed too
     seconds = wait_converged(healthy, {ns}, enabled=True, timeout=120, alive=op.assert_alive)
     figure("flag flip seen after the pause", seconds)
