@@ -59,7 +59,7 @@ fi
 say "starting the operator in the background (log: $DIR/operator.log)"
 "$BIN/image-ancestry" run --namespace "$NS" >"$DIR/operator.log" 2>&1 &
 echo $! >"$DIR/operator.pid"
-wait_until "it to take the lease" 60 \
+wait_until "its first listing" 60 \
     grep -q "listing (start) done" "$DIR/operator.log"
 
 say "applying examples/ (the seed's forest)"
