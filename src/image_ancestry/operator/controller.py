@@ -135,7 +135,8 @@ class Controller:
     async def run(self) -> None:
         """Everything but kopf: the first listing, the ConfigMap, the Lease, the writer."""
         self._task = asyncio.current_task()
-        self._start_epoch("start")
+        if self._epoch is None and not self._images_synced:
+            self._start_epoch("start")
         tasks = [
             asyncio.create_task(self.config.run(), name="configmap watch"),
             asyncio.create_task(self.writer.run(), name="status writer"),
@@ -272,8 +273,8 @@ class Controller:
         """One watch event of a ContainerImage (``event_type`` None: from a listing)."""
         meta = obj.get("metadata") or {}
         key: ImageKey = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-        if event_type is None and self._epoch is None and self._images_synced:
-            self._start_epoch("relist")
+        if self._epoch is None and (event_type is None or not self._images_synced):
+            self._start_epoch("relist" if self._images_synced else "start")
         self._seen(key)
         try:
             self._apply(event_type, obj, key)
