@@ -187,7 +187,7 @@ def test_a_status_too_large_to_store_blocks_no_other_image(env: Env) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="issue 9 bug: a status the API server refuses (422: the Ready message quoting a "
-    "40 KB mark value exceeds the schema's 32768) is retried every 5 s forever and never "
+    "32,769-character mark value exceeds the schema's 32768) is retried every 5 s forever and never "
     "replaced by a storable Ready=False condition (operator/writer.py, controller.send)",
 )
 def test_a_status_too_large_to_store_gets_ready_false(env: Env) -> None:
