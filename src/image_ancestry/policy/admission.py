@@ -554,49 +554,67 @@ class PolicyGate:
         return bodies
 
     async def _audit_loop(self) -> None:
-        from image_ancestry.operator import status as st
-        from image_ancestry.operator.kube import MERGE_PATCH, ApiError
-
         await self.controller.ready.wait()
         await self.loaded.wait()
         seen: tuple[int, int] | None = None
+        leading = False
         while True:
-            current = (self.version, self.index.version)
-            if current != seen and self.controller.can_write():
-                seen = current
-                started = time.perf_counter()
-                results = await self.run_audit()
-                now = st.now_rfc3339()
-                for name, body in self.status_bodies(results, now).items():
-                    comparable = _without_times(body)
-                    if self._written.get(name) == comparable:
-                        continue
-                    for condition in body.get("conditions") or ():
-                        state = (condition["status"], condition["reason"])
-                        held = self._transitions.get(name)
-                        if held is None or held[0] != state:
-                            held = self._transitions[name] = (state, now)
-                        condition["lastTransitionTime"] = held[1]
+            if not self.controller.can_write():
+                leading = False
+            else:
+                if not leading:  # a new leader trusts nothing written before: write again
+                    leading, seen = True, None
+                    self._written.clear()
+                current = (self.version, self.index.version)
+                if current != seen:
+                    seen = current
                     try:
-                        await self.kube.request(
-                            "PATCH",
-                            f"{POLICIES_PATH}/{name}/status",
-                            body={"status": body},
-                            content_type=MERGE_PATCH,
-                        )
-                    except ApiError as exc:
-                        if exc.status != 404:
-                            logger.warning("could not write the audit of %s: %s", name, exc)
-                            seen = None  # try again next round
-                        continue
-                    self._written[name] = comparable
-                logger.debug(
-                    "audit: %d workloads, %d policies in %.1f ms",
-                    len(self.workloads),
-                    len(results),
-                    (time.perf_counter() - started) * 1000,
-                )
+                        if not await self._audit_once():
+                            seen = None  # a write failed: again next round
+                    except Exception:  # the audit must not stop for one bad object
+                        logger.exception("the ancestry audit failed")
+                        seen = None
             await asyncio.sleep(AUDIT_INTERVAL)
+
+    async def _audit_once(self) -> bool:
+        """Audit and write every policy status that differs; False if a write failed."""
+        from image_ancestry.operator import status as st
+        from image_ancestry.operator.kube import MERGE_PATCH, ApiError
+
+        started = time.perf_counter()
+        results = await self.run_audit()
+        now = st.now_rfc3339()
+        written = True
+        for name, body in self.status_bodies(results, now).items():
+            comparable = _without_times(body)
+            if self._written.get(name) == comparable:
+                continue
+            for condition in body.get("conditions") or ():
+                state = (condition["status"], condition["reason"])
+                held = self._transitions.get(name)
+                if held is None or held[0] != state:
+                    held = self._transitions[name] = (state, now)
+                condition["lastTransitionTime"] = held[1]
+            try:
+                await self.kube.request(
+                    "PATCH",
+                    f"{POLICIES_PATH}/{name}/status",
+                    body={"status": body},
+                    content_type=MERGE_PATCH,
+                )
+            except ApiError as exc:
+                if exc.status != 404:  # 404: deleted meanwhile
+                    logger.warning("could not write the audit of %s: %s", name, exc)
+                    written = False
+                continue
+            self._written[name] = comparable
+        logger.debug(
+            "audit: %d workloads, %d policies in %.1f ms",
+            len(self.workloads),
+            len(results),
+            (time.perf_counter() - started) * 1000,
+        )
+        return written
 
     # --- kopf ----------------------------------------------------------------------------
 
