@@ -43,9 +43,10 @@ pytest: $(STAMP) system-deps controlplane
 demo: $(STAMP) controlplane ## the seed's forest on the local control plane, end to end
 	@hack/demo.sh
 
-benchmarks: $(STAMP) controlplane
+benchmarks: $(STAMP) controlplane ## print figures (and their baselines); asserts nothing
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/operator.py
+	$(BIN)/python benchmarks/policy.py
 
 clean:
 	-$(BIN)/image-ancestry cluster stop
