@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from image_ancestry.engine import AncestryIndex, ImageKey, ImageRecord
+from image_ancestry.model import ContainerImage
 
 # benchmarks/engine.py's realistic forest, loaded by path (benchmarks/ is no package).
 _spec = importlib.util.spec_from_file_location(
@@ -168,15 +169,7 @@ def run_size(kubeconfig: str, count: int, workdir: Path) -> dict[str, Any]:
         core.create_namespace({"metadata": {"name": namespace}})
 
     def create(record: ImageRecord) -> None:
-        meta: dict[str, Any] = {"name": record.name, "namespace": record.namespace}
-        if record.marked:
-            meta["annotations"] = {"anchore.user/marked_base_image": "true"}
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ContainerImage",
-            "metadata": meta,
-            "spec": {"image": record.image, "digest": record.digest, "layers": list(record.layers)},
-        }
+        body = ContainerImage.from_record(record).to_manifest()
         custom.create_namespaced_custom_object(
             GROUP, VERSION, record.namespace, PLURAL, body, _preload_content=False
         )

@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from image_ancestry.engine import ImageRecord  # noqa: E402
+from image_ancestry.model import ContainerImage  # noqa: E402
 from image_ancestry.policy.audit import WorkloadStore, audit  # noqa: E402
 from image_ancestry.policy.gate import Gate, LookupIndex, PolicySet  # noqa: E402
 from image_ancestry.policy.model import AncestryPolicy  # noqa: E402
@@ -217,15 +218,7 @@ def end_to_end(kubeconfig: str, count: int, requests: int, workdir: Path) -> dic
         core.create_namespace({"metadata": {"name": namespace}})
 
     def create(record: ImageRecord) -> None:
-        meta: dict[str, Any] = {"name": record.name, "namespace": record.namespace}
-        if record.marked:
-            meta["annotations"] = {"anchore.user/marked_base_image": "true"}
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ContainerImage",
-            "metadata": meta,
-            "spec": {"image": record.image, "digest": record.digest, "layers": list(record.layers)},
-        }
+        body = ContainerImage.from_record(record).to_manifest()
         custom.create_namespaced_custom_object(
             GROUP, VERSION, record.namespace, "containerimages", body, _preload_content=False
         )

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from image_ancestry.engine import ImageRecord
 from image_ancestry.model import (
     DIGEST_PATTERN,
     LAYER_CAP,
@@ -316,3 +317,16 @@ def test_unicode_everywhere() -> None:
 def test_spec_model_directly() -> None:
     spec = ContainerImageSpec.model_validate({"layers": [SHA256]})
     assert spec.image is None and spec.digest is None
+
+
+def test_record_manifest_round_trip() -> None:
+    """from_record/to_manifest give back what from_manifest/to_record read."""
+    layers = (f"sha256:{1:064x}", f"sha256:{2:064x}", f"sha256:{1:064x}")
+    for record in (
+        ImageRecord("team-a", "app", layers, "r.example/app:1", f"sha256:{9:064x}", True),
+        ImageRecord("default", "bare", layers[:1]),
+    ):
+        manifest = ContainerImage.from_record(record).to_manifest()
+        assert ContainerImage.from_manifest(manifest).to_record() == record
+        assert ("annotations" in manifest["metadata"]) is record.marked
+        assert ("image" in manifest["spec"]) is (record.image is not None)

@@ -205,6 +205,27 @@ class ContainerImage(BaseModel):
         )
 
     @classmethod
+    def from_record(cls, record: ImageRecord) -> ContainerImage:
+        """The inverse of :meth:`to_record`: a mark becomes the annotation ``"true"``."""
+        annotations = {MARK_ANNOTATION: "true"} if record.marked else {}
+        spec = ContainerImageSpec(
+            image=record.image, digest=record.digest, layers=list(record.layers)
+        )
+        return cls(namespace=record.namespace, name=record.name, annotations=annotations, spec=spec)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The Kubernetes object for this image, as ``kubectl create`` takes it."""
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if self.annotations:
+            metadata["annotations"] = dict(self.annotations)
+        spec: dict[str, Any] = {"layers": list(self.spec.layers)}
+        if self.spec.image is not None:
+            spec["image"] = self.spec.image
+        if self.spec.digest is not None:
+            spec["digest"] = self.spec.digest
+        return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+
+    @classmethod
     def from_manifest(
         cls,
         obj: Mapping[str, Any],
