@@ -150,10 +150,10 @@ def test_a_status_overwritten_while_the_operator_runs_is_put_right(env: Env) -> 
     assert [c for c in conditions if c["type"] == "Scanned"] == [foreign]  # others' are kept
 
 
-def _unwritable_forest(images: Images, namespace: str) -> None:
-    """``huge``'s mark value makes its Ready message longer than the schema allows (the
-    message quotes a value that marks nothing), so no status the operator computes for it
-    can be stored; ``before`` and the later images must not wait on it."""
+def _huge_forest(images: Images, namespace: str) -> None:
+    """``huge``'s mark value marks nothing and is longer than the schema's maxLength of a
+    condition message: the Ready message quotes it cut short, so its status is stored
+    like the others'."""
     images.apply(
         images.manifest(namespace, "base", ["a"]),
         images.manifest(namespace, "before", ["a", "b"]),
@@ -173,38 +173,79 @@ def _right_except(crds: TestCluster, namespace: str, name: str) -> bool:
     return True
 
 
-def test_a_status_too_large_to_store_blocks_no_other_image(env: Env) -> None:
+def _others_carry_on(crds: TestCluster, op: OperatorProcess, namespace: str, name: str) -> None:
+    """Every status but ``name``'s is right, and the operator said (no traceback) why."""
+    wait_for(lambda: _right_except(crds, namespace, name), timeout=60, what="the others")
+    wait_for(lambda: f"writing the status of {namespace}/{name} failed" in op.log(), what="log")
+    assert "Traceback" not in op.log()
+
+
+def _ready(images: Images, namespace: str, name: str) -> dict[str, Any] | None:
+    conditions = images.status(namespace, name).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Ready"), None)
+
+
+def test_a_mark_value_too_large_to_quote_is_cut_and_stored(env: Env) -> None:
     crds, images, namespace = env.cluster, env.images, env.namespace
-    _unwritable_forest(images, namespace)
+    _huge_forest(images, namespace)
     op = env.operator()
-    wait_for(lambda: _right_except(crds, namespace, "huge"), timeout=60, what="all but huge")
     _later_images(images, namespace)
-    wait_for(lambda: _right_except(crds, namespace, "huge"), timeout=60, what="later ones too")
-    wait_for(lambda: f"writing the status of {namespace}/huge failed" in op.log(), what="log")
-    op.assert_alive()
+    wait_converged(crds, {namespace}, timeout=60, alive=op.assert_alive)
+    ready = _ready(images, namespace, "huge")
+    assert ready is not None and ready["status"] == "True", ready
+    assert "marks nothing" in ready["message"] and len(ready["message"]) < 1000, ready
+    assert f"writing the status of {namespace}/huge failed" not in op.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 bug: a status the API server refuses (422: the Ready message quoting a "
-    "32,769-character mark value exceeds the schema's 32768) is retried every 5 s forever and never "
-    "replaced by a storable Ready=False condition (operator/writer.py, controller.send)",
-)
 def test_a_status_too_large_to_store_gets_ready_false(env: Env) -> None:
-    images, namespace = env.images, env.namespace
-    _unwritable_forest(images, namespace)
-    env.operator()
+    """A status the API server refuses as Invalid (422; here an admission policy capping
+    what ``huge``'s status may hold: none of the ancestry) gets the minimal ``Ready=False``
+    status instead; the others carry on, and it is written once the cap is lifted."""
+    crds, images, namespace = env.cluster, env.images, env.namespace
+    _huge_forest(images, namespace)
+    policy = _deny_status_writes(
+        crds,
+        namespace,
+        "huge",
+        expression="object.metadata.name != 'huge' || !has(object.status.layerCount)",
+        reason="Invalid",
+        probe=422,
+    )
+    try:
+        op = env.operator()
 
-    def ready_false() -> bool:
-        conditions = images.status(namespace, "huge").get("conditions") or []
-        return any(c["type"] == "Ready" and c["status"] == "False" for c in conditions)
+        def ready_false() -> bool:
+            ready = _ready(images, namespace, "huge")
+            return ready is not None and ready["status"] == "False"
 
-    wait_for(ready_false, timeout=20, what="huge: Ready=False")  # the writer retries every 5 s
+        wait_for(ready_false, timeout=20, what="huge: Ready=False")
+        ready = _ready(images, namespace, "huge")
+        assert ready is not None and ready["reason"] == "StatusWriteRefused", ready
+        assert "422 Invalid" in ready["message"] and len(ready["message"]) < 1000, ready
+        status = images.status(namespace, "huge")
+        assert status.get("observedGeneration") == 1 and "layerCount" not in status, status
+        _later_images(images, namespace)
+        _others_carry_on(crds, op, namespace, "huge")
+    finally:
+        _allow_status_writes(crds, policy)
+    seconds = wait_converged(crds, {namespace}, timeout=60, alive=op.assert_alive)
+    figure("a refused status written once the cap was lifted", seconds)
 
 
-def _deny_status_writes(crds: TestCluster, namespace: str, name: str) -> str:
+def _deny_status_writes(
+    crds: TestCluster,
+    namespace: str,
+    name: str,
+    *,
+    expression: str | None = None,
+    reason: str = "Forbidden",
+    probe: int = 403,
+) -> str:
     """A ValidatingAdmissionPolicy (CEL, in the API server) forbidding every status write to
-    one ContainerImage: its writes fail with 403 whatever they hold."""
+    one ContainerImage: its writes fail with 403 whatever they hold (or, with another
+    ``expression`` and ``reason``, those the expression refuses, with that reason's code).
+    Returns once a status write of ``layerCount`` to it is refused with ``probe``."""
+    images = Images(crds, "")
     policy = f"faults-deny-{uuid.uuid4().hex[:6]}"
     docs = [
         {
@@ -225,9 +266,9 @@ def _deny_status_writes(crds: TestCluster, namespace: str, name: str) -> str:
                 },
                 "validations": [
                     {
-                        "expression": f"object.metadata.name != '{name}'",
+                        "expression": expression or f"object.metadata.name != '{name}'",
                         "message": "status writes to this image are forbidden (fault test)",
-                        "reason": "Forbidden",
+                        "reason": reason,
                     }
                 ],
             },
@@ -248,35 +289,42 @@ def _deny_status_writes(crds: TestCluster, namespace: str, name: str) -> str:
     crds.kubectl(
         "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     )
+
+    def refused() -> bool:
+        try:
+            images.api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": {"layerCount": 2}}
+            )
+        except Exception as exc:
+            assert getattr(exc, "status", None) == probe, exc
+            return True
+        return False
+
+    try:
+        wait_for(refused, what="the admission policy in force")
+    except BaseException:
+        _allow_status_writes(crds, policy)
+        raise
     return policy
+
+
+def _allow_status_writes(crds: TestCluster, policy: str) -> None:
+    for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+        crds.kubectl("delete", kind, policy, "--ignore-not-found")
 
 
 def test_a_forbidden_status_write_blocks_no_other_image_and_heals(env: Env) -> None:
     crds, images, namespace = env.cluster, env.images, env.namespace
+    # the policy is in force once a status write to "locked" is refused
+    images.apply(images.manifest(namespace, "locked", ["a", "l"]))
     policy = _deny_status_writes(crds, namespace, "locked")
     try:
-        # the policy is in force once a status write to "locked" is refused
-        images.apply(images.manifest(namespace, "locked", ["a", "l"]))
-
-        def refused() -> bool:
-            try:
-                images.api.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, PLURAL, "locked", {"status": {"layerCount": 2}}
-                )
-            except Exception as exc:
-                assert getattr(exc, "status", None) == 403, exc
-                return True
-            return False
-
-        wait_for(refused, what="the admission policy in force")
         images.apply(images.manifest(namespace, "base", ["a"]))
         op = env.operator()
         _later_images(images, namespace)
-        wait_for(lambda: _right_except(crds, namespace, "locked"), timeout=60, what="the others")
-        wait_for(lambda: f"writing the status of {namespace}/locked failed" in op.log(), what="log")
+        _others_carry_on(crds, op, namespace, "locked")
     finally:
-        for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
-            crds.kubectl("delete", kind, policy, "--ignore-not-found")
+        _allow_status_writes(crds, policy)
     # once allowed, the next retry writes it: no restart needed
     seconds = wait_converged(crds, {namespace}, timeout=60, alive=op.assert_alive)
     figure("a forbidden status written once the denial was lifted", seconds)

@@ -4,6 +4,10 @@ the status shape and patch, and the writer's coalescing and bounds."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ from image_ancestry.model import DIGEST_PATTERN, LAYER_CAP
 from image_ancestry.operator import status as st
 from image_ancestry.operator.config import read_flag
 from image_ancestry.operator.controller import _older
+from image_ancestry.operator.kube import ApiError
 from image_ancestry.operator.writer import Job, StatusWriter
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "containerimages.yaml"
@@ -142,7 +147,37 @@ def test_an_invalid_mark_is_named_in_the_message() -> None:
         stored={},
         annotations={"anchore.user/marked_base_image": "yes"},
     )
-    assert "'yes' marks nothing" in desired["conditions"][0]["message"]
+    assert '"yes" marks nothing' in desired["conditions"][0]["message"]
+
+
+def test_a_huge_invalid_mark_is_quoted_short() -> None:
+    desired = st.desired_status(
+        ENGINE_STATUS,
+        generation=1,
+        stored={},
+        annotations={"anchore.user/marked_base_image": "x" * 40000},
+    )
+    message = desired["conditions"][0]["message"]
+    assert len(message) < 300 and '="xxx' in message and "x... marks nothing" in message
+
+
+def test_a_refused_status_is_ready_false_and_nothing_else() -> None:
+    other = {"type": "Scanned", "status": "True"}
+    stored = st.compact({"layerCount": 3, "conditions": [other]})
+    desired = st.refused_status(
+        code=422, reason="Invalid", message="y" * 5000, generation=4, stored=stored
+    )
+    assert {k for k, v in desired.items() if v is not None} == {"observedGeneration", "conditions"}
+    assert desired["observedGeneration"] == 4
+    assert desired["conditions"][0] == other
+    ready = desired["conditions"][1]
+    assert (ready["type"], ready["status"], ready["reason"]) == (
+        "Ready",
+        "False",
+        st.STATUS_WRITE_REFUSED,
+    )
+    assert "422 Invalid" in ready["message"] and len(ready["message"]) < 400
+    assert st.merge_patch(desired)["status"]["layerCount"] is None  # the stale one removed
 
 
 @pytest.mark.parametrize(
@@ -250,3 +285,107 @@ def test_nothing_is_written_while_the_gate_is_closed() -> None:
 
     asyncio.run(main())
     assert looked == [("ns", "a")]
+
+
+def sending_writer(
+    send: Callable[[Job], Awaitable[None]],
+    send_refused: Callable[[Job, ApiError], Awaitable[None]] | None,
+    **retries: float,
+) -> StatusWriter:
+    """A writer with no debounce whose every look is a job for ``send``."""
+    return StatusWriter(
+        compute=lambda k: Job(key=k, patch={}, desired={}, stored={}),
+        send=send,
+        send_refused=send_refused,
+        can_write=lambda: True,
+        debounce=0,
+        **retries,
+    )
+
+
+def test_a_refused_status_is_replaced_and_retried_less_often() -> None:
+    key = ("ns", "refused")
+    sent: list[tuple[str, float]] = []
+    allowed = False
+
+    async def main() -> None:
+        started = time.monotonic()
+
+        async def send(job: Job) -> None:
+            if job.key != key:
+                return
+            sent.append(("full", time.monotonic() - started))
+            if not allowed:
+                raise ApiError(403, "PATCH", "/x", '{"reason": "Forbidden", "message": "no"}')
+
+        async def send_refused(job: Job, refusal: ApiError) -> None:
+            assert refusal.status == 403 and refusal.reason == "Forbidden"
+            sent.append(("minimal", time.monotonic() - started))
+            raise ApiError(403, "PATCH", "/x", '{"reason": "Forbidden", "message": "no"}')
+
+        writer = sending_writer(send, send_refused, retry_after=0.05, retry_cap=0.2)
+        task = asyncio.create_task(writer.run())
+        writer.gate.set()
+        writer.mark([key, ("ns", "other")])
+        await asyncio.sleep(0.6)
+        assert writer.stats.written == 1  # the other one, not held up meanwhile
+        assert writer.stats.refused >= 3
+        nonlocal allowed
+        allowed = True
+        await asyncio.sleep(0.4)  # at most retry_cap later
+        assert writer.stats.written == 2
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    fulls = [t for kind, t in sent if kind == "full"]
+    gaps = [b - a for a, b in itertools.pairwise(fulls)]
+    assert gaps[0] < gaps[-1] and max(gaps) < 0.3  # growing, bounded
+
+
+def test_a_refusal_is_logged_once_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    key = ("ns", "refused")
+
+    async def main() -> None:
+        async def send(job: Job) -> None:
+            raise ApiError(422, "PATCH", "/x", '{"reason": "Invalid", "message": "too long"}')
+
+        async def send_refused(job: Job, refusal: ApiError) -> None:
+            await send(job)
+
+        writer = sending_writer(send, send_refused, retry_after=0.02, retry_cap=0.05)
+        task = asyncio.create_task(writer.run())
+        writer.gate.set()
+        writer.mark([key])
+        await asyncio.sleep(0.3)
+        assert writer.stats.refused >= 3
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.DEBUG, logger="image_ancestry.operator.writer"):
+        asyncio.run(main())
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert warnings[0].exc_info is None
+    assert "writing the status of ns/refused failed" in warnings[0].getMessage()
+    assert "422 Invalid" in warnings[0].getMessage()
+
+
+def test_an_outage_is_one_warning_line(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async def send(job: Job) -> None:
+            raise ApiError(503, "PATCH", "/x", "unavailable")
+
+        writer = sending_writer(send, None, retry_after=10)
+        task = asyncio.create_task(writer.run())
+        writer.gate.set()
+        writer.mark([("ns", "a")])
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.WARNING, logger="image_ancestry.operator.writer"):
+        asyncio.run(main())
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "writing the status of ns/a failed" in record.getMessage()

@@ -102,6 +102,7 @@ class Controller:
         self.writer = StatusWriter(
             compute=self.job,
             send=self.send,
+            send_refused=self.send_refused,
             can_write=self.can_write,
             concurrency=options.concurrency,
             debounce=options.debounce,
@@ -430,6 +431,28 @@ class Controller:
                 BASE_IMAGE_CHANGED,
                 f"base image changed from {frm} to {to}",
             )
+
+    async def send_refused(self, job: Job, refusal: ApiError) -> None:
+        """Write the minimal status (``Ready=False`` saying why) in place of ``job``'s, which
+        the API server refused."""
+        namespace, name = job.key
+        tracked = self.objects.get(job.key)
+        if tracked is None:
+            return  # forgotten meanwhile
+        desired = st.refused_status(
+            code=refusal.status,
+            reason=refusal.reason,
+            message=refusal.message,
+            generation=tracked.generation,
+            stored=tracked.stored,
+        )
+        if st.matches(desired, tracked.stored):
+            return  # already written (an earlier refusal of the same status)
+        response = await self.kube.patch_status(
+            GROUP_VERSION_PATH, namespace, PLURAL, name, st.merge_patch(desired)
+        )
+        if isinstance(response, dict):
+            self._apply("MODIFIED", response, job.key)
 
     # --- Kubernetes Events ---------------------------------------------------------------
 

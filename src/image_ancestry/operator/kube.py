@@ -41,10 +41,19 @@ class ApiError(Exception):
         self.path = path
         self.body = body
         try:
-            message = json.loads(body).get("message", body)
+            decoded = json.loads(body)
+            message, reason = decoded.get("message", body), decoded.get("reason", "")
         except (ValueError, AttributeError):
-            message = body
-        super().__init__(f"{method} {path}: {status} {str(message)[:500]}")
+            message, reason = body, ""
+        self.message = str(message)  # the API server's Status message (else the body)
+        self.reason = str(reason or "")  # its Status reason, e.g. Invalid, Forbidden
+        super().__init__(f"{method} {path}: {status} {self.message[:500]}")
+
+    @property
+    def refused(self) -> bool:
+        """Whether the server refused the request itself (a 4xx that no retry of the same
+        request can change: not 404 Not Found, 409 Conflict or 429 Too Many Requests)."""
+        return 400 <= self.status < 500 and self.status not in (404, 409, 429)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from image_ancestry.compare.vulnerabilities import merge_patch_value
-from image_ancestry.model import MARK_ANNOTATION
+from image_ancestry.model import MARK_ANNOTATION, quote
 from image_ancestry.references import try_normalise
 
 READY = "Ready"
 COMPUTED = "Computed"
 INVALID_SPEC = "InvalidSpec"
+STATUS_WRITE_REFUSED = "StatusWriteRefused"
 
 DECLARED_BASE_NAME = "imageancestry.io/declared-base-name"
 DECLARED_BASE_DIGEST = "imageancestry.io/declared-base-digest"
@@ -130,7 +131,8 @@ def computed_message(engine_status: Mapping[str, Any], mark_value: str | None) -
         )
     if mark_value is not None and mark_value.strip().lower() not in ("true", "false"):
         message += (
-            f'; annotation {MARK_ANNOTATION}={mark_value!r} marks nothing (use "true" or "false")'
+            f"; annotation {MARK_ANNOTATION}={quote(mark_value)} marks nothing"
+            ' (use "true" or "false")'
         )
     return message
 
@@ -158,6 +160,21 @@ def desired_status(
         desired["vulnerabilities"] = vulnerabilities
         message = computed_message(engine_status, annotations.get(MARK_ANNOTATION))
         ready = _ready(True, COMPUTED, message, generation, stored)
+    desired["conditions"] = _conditions(ready, stored)
+    return desired
+
+
+def refused_status(
+    *, code: int, reason: str, message: str, generation: int | None, stored: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The minimal status written when the API server refuses the full one (HTTP ``code``,
+    its Status ``reason`` and ``message``): every owned key absent but ``observedGeneration``
+    and a ``Ready=False`` condition saying why, short whatever the server said."""
+    desired: dict[str, Any] = dict.fromkeys(OWNED_KEYS)
+    desired["observedGeneration"] = generation
+    cause = f"{code} {reason[:64] or 'error'}"
+    text = f"the API server refused the status: {cause}: {quote(message, 300)}"
+    ready = _ready(False, STATUS_WRITE_REFUSED, text, generation, stored)
     desired["conditions"] = _conditions(ready, stored)
     return desired
 
